@@ -1,0 +1,243 @@
+package admin
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/metrics"
+)
+
+// Target is what the commands steer.
+type Target interface {
+	Activate()
+	Deactivate()
+	SetTimeout(d time.Duration, kill bool) error
+	Status() StatusReply
+}
+
+// Executor runs command lines against a Target.
+type Executor struct {
+	Target  Target
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
+}
+
+// Exec runs one line and returns the one-line answer: "ok", a status JSON
+// line, or "error: <reason>". A line that is refused changes nothing.
+func (e *Executor) Exec(line string, source string) string {
+	cmd, err := Parse(line)
+	if err != nil {
+		e.Metrics.Command("invalid", err)
+		e.Logger.Warn("admin command refused", "source", source, "line", truncate(line), "error", err)
+		return "error: " + err.Error()
+	}
+	answer := "ok"
+	switch cmd.Verb {
+	case Activate:
+		e.Target.Activate()
+	case Deactivate:
+		e.Target.Deactivate()
+	case SetTimeout:
+		err = e.Target.SetTimeout(cmd.Timeout, cmd.Kill)
+	case Status:
+		var b []byte
+		b, err = json.Marshal(e.Target.Status())
+		answer = string(b)
+	}
+	e.Metrics.Command(string(cmd.Verb), err)
+	if err != nil {
+		e.Logger.Warn("admin command failed", "source", source, "command", cmd.String(), "error", err)
+		return "error: " + err.Error()
+	}
+	if cmd.Verb != Status {
+		e.Logger.Info("admin command applied", "source", source, "command", cmd.String())
+	}
+	return answer
+}
+
+// Limits of one socket connection.
+const (
+	maxLineBytes = 4096
+	idleTimeout  = time.Minute
+)
+
+// Socket is the admin Unix socket.
+type Socket struct {
+	ln   net.Listener
+	exec *Executor
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	conn map[net.Conn]struct{}
+}
+
+// ListenSocket binds the admin socket at path with mode 0600. A stale socket
+// file is replaced; a live one (another server answers there) or a file
+// that is not a socket is an error.
+func ListenSocket(path string, exec *Executor) (*Socket, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	// The umask leaves sockets without write permission for others, and
+	// connecting needs it, so nobody else can connect before this chmod.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return &Socket{ln: ln, exec: exec, conn: make(map[net.Conn]struct{})}, nil
+}
+
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("admin socket %s: %w", path, err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return fmt.Errorf("admin socket %s: a file that is not a socket is in the way", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("admin socket %s: another server is listening there", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("admin socket %s: removing stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// Addr is the socket's path.
+func (s *Socket) Addr() string { return s.ln.Addr().String() }
+
+// Serve answers connections until Close.
+func (s *Socket) Serve() error {
+	for {
+		c, err := s.ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("admin socket: %w", err)
+		}
+		s.mu.Lock()
+		s.conn[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c)
+			s.mu.Lock()
+			delete(s.conn, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Close stops listening, removes the socket file, ends open connections
+// and waits for their handlers.
+func (s *Socket) Close() error {
+	err := s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conn {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+func (s *Socket) serveConn(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReaderSize(c, maxLineBytes)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(idleTimeout))
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			s.exec.Logger.Warn("admin command refused", "source", "socket", "error", "line too long")
+			io.WriteString(c, fmt.Sprintf("error: line longer than %d bytes\n", maxLineBytes))
+			return
+		}
+		if len(line) == 0 || (err != nil && !errors.Is(err, io.EOF)) {
+			return // EOF, idle timeout or closed
+		}
+		answer := s.exec.Exec(trimEOL(line), "socket")
+		_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, werr := io.WriteString(c, answer+"\n"); werr != nil || err != nil {
+			return
+		}
+	}
+}
+
+func trimEOL(b []byte) string {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return string(b)
+}
+
+// Pipe is the optional command FIFO: it takes the same lines as the socket,
+// without answers, as the Ocsigen command pipe did.
+type Pipe struct {
+	f    *os.File
+	exec *Executor
+	done chan struct{}
+}
+
+// OpenPipe opens the FIFO at path, creating it with mode 0600 if absent.
+func OpenPipe(path string, exec *Executor) (*Pipe, error) {
+	if err := mkfifo(path); err != nil {
+		return nil, fmt.Errorf("command pipe %s: %w", path, err)
+	}
+	// Read-write, so that the pipe never sees end-of-file when a writer
+	// leaves, and a Close unblocks the reader through the runtime poller.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("command pipe: %w", err)
+	}
+	return &Pipe{f: f, exec: exec, done: make(chan struct{})}, nil
+}
+
+// Serve runs the lines written to the pipe until Close.
+func (p *Pipe) Serve() {
+	defer close(p.done)
+	r := bufio.NewReaderSize(p.f, maxLineBytes)
+	for {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			p.exec.Logger.Warn("admin command refused", "source", "pipe", "error", "line too long")
+			for errors.Is(err, bufio.ErrBufferFull) { // skip the rest of it
+				_, err = r.ReadSlice('\n')
+			}
+			continue
+		}
+		if err != nil {
+			return
+		}
+		p.exec.Exec(trimEOL(line), "pipe")
+	}
+}
+
+// Close stops reading and waits for Serve to return. The FIFO file stays,
+// as an operator may have created it.
+func (p *Pipe) Close() error {
+	err := p.f.Close()
+	<-p.done
+	return err
+}

@@ -1,0 +1,23 @@
+package admin
+
+import (
+	"time"
+)
+
+// StatusReply is the JSON line that comet:status answers.
+type StatusReply struct {
+	Activated bool `json:"activated"`
+	// Timeout is in seconds, as set_timeout takes it.
+	Timeout            float64 `json:"timeout"`
+	TimeoutNanoseconds int64   `json:"timeout_ns"`
+	Channels           int     `json:"channels"`
+	MaxVirtualChannels *int    `json:"max_virtual_channels"`
+	Waiting            int     `json:"waiting"`
+	Draining           bool    `json:"draining"`
+	Version            string  `json:"version,omitempty"`
+	PID                int     `json:"pid"`
+	StartedAt          string  `json:"started_at,omitempty"`
+}
+
+// TimeoutDuration is the timeout as a time.Duration, exactly.
+func (s StatusReply) TimeoutDuration() time.Duration { return time.Duration(s.TimeoutNanoseconds) }
