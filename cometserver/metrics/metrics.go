@@ -1,0 +1,86 @@
+// Package metrics defines the comet server's Prometheus metrics.
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the counters the server's parts update. A nil *Metrics is
+// valid and records nothing, which keeps library users and tests free of it.
+type Metrics struct {
+	Registry         *prometheus.Registry
+	messagesWritten  prometheus.Counter
+	messagesDelivery *prometheus.CounterVec
+	replies          *prometheus.CounterVec
+	commands         *prometheus.CounterVec
+}
+
+// New registers the server's metrics, plus Go and process metrics. channels
+// and waiting are read at scrape time.
+func New(channels, waiting func() float64) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		messagesWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "comet_messages_written_total",
+			Help: "Messages accepted for writing to a channel.",
+		}),
+		messagesDelivery: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "comet_message_deliveries_total",
+			Help: "Replies that carried a message, by result (delivered: flushed, failed: not written).",
+		}, []string{"result"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "comet_replies_total",
+			Help: "Replies to long-poll requests, by HTTP status code.",
+		}, []string{"code"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "comet_admin_commands_total",
+			Help: "Admin commands received on the socket or the command pipe, by command and result.",
+		}, []string{"command", "result"}),
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_channels", Help: "Live channels.",
+		}, channels),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_waiting_requests", Help: "Long-poll requests waiting now.",
+		}, waiting),
+		m.messagesWritten, m.messagesDelivery, m.replies, m.commands,
+	)
+	return m
+}
+
+// MessageWritten counts one write and how many replies carried it.
+func (m *Metrics) MessageWritten(delivered, failed int) {
+	if m == nil {
+		return
+	}
+	m.messagesWritten.Inc()
+	m.messagesDelivery.WithLabelValues("delivered").Add(float64(delivered))
+	m.messagesDelivery.WithLabelValues("failed").Add(float64(failed))
+}
+
+// Reply counts one long-poll reply with the given status code.
+func (m *Metrics) Reply(code int) {
+	if m == nil {
+		return
+	}
+	m.replies.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// Command counts one admin command. command is "invalid" for a line that
+// did not parse.
+func (m *Metrics) Command(command string, err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.commands.WithLabelValues(command, result).Inc()
+}

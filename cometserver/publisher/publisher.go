@@ -1,0 +1,237 @@
+// Package publisher is the HTTP API through which other processes create,
+// write to and close channels (PROTOCOL.md section 5), plus the server's
+// /metrics, /healthz and /readyz.
+package publisher
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/metrics"
+)
+
+// Error codes of the JSON error bodies. They are stable: clients match them.
+const (
+	CodeUnauthorized     = "unauthorized"
+	CodeInvalidBody      = "invalid_body"
+	CodeInvalidName      = "invalid_name"
+	CodeNameTaken        = "name_taken"
+	CodeTooManyChannels  = "too_many_virtual_channels"
+	CodeChannelNotFound  = "channel_not_found"
+	CodeReservedMessage  = "reserved_message"
+	CodeMessageTooLarge  = "message_too_large"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeUnavailable      = "unavailable"
+)
+
+// Options configure the API.
+type Options struct {
+	// Token is the bearer token; empty means no authentication (the caller
+	// must then bind to loopback only).
+	Token           []byte
+	MaxMessageBytes int64
+	Metrics         *metrics.Metrics
+	// Ready reports readiness for /readyz.
+	Ready func() bool
+}
+
+// ReadToken reads a bearer token from a file; surrounding whitespace,
+// such as a trailing newline, is not part of it.
+func ReadToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("publisher token: %w", err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, fmt.Errorf("publisher token file %s is empty", path)
+	}
+	return b, nil
+}
+
+// New returns the API's handler.
+func New(hub channels.Hub, o Options) http.Handler {
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 64 << 10
+	}
+	a := &api{hub: hub, o: o}
+	if len(o.Token) > 0 {
+		sum := sha256.Sum256(o.Token)
+		a.tokenSum = sum[:]
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/channels", a.auth(methods{http.MethodPost: a.create}))
+	mux.Handle("/v1/channels/{id}", a.auth(methods{http.MethodGet: a.info, http.MethodDelete: a.close}))
+	mux.Handle("/v1/channels/{id}/messages", a.auth(methods{http.MethodPost: a.write}))
+	if o.Metrics != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(o.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if o.Ready != nil && !o.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, CodeNotFound, "no such endpoint")
+	})
+	return mux
+}
+
+type api struct {
+	hub      channels.Hub
+	o        Options
+	tokenSum []byte
+}
+
+// auth checks the bearer token in constant time. Hashing both sides first
+// keeps the comparison's length, and so its time, independent of the token.
+func (a *api) auth(next http.Handler) http.Handler {
+	if a.tokenSum == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(given))
+		if subtle.ConstantTimeCompare(sum[:], a.tokenSum) != 1 || !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="comet"`)
+			writeError(w, http.StatusUnauthorized, CodeUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// methods dispatches by method and answers others with a JSON 405.
+type methods map[string]http.HandlerFunc
+
+func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h, ok := m[r.Method]; ok {
+		h(w, r)
+		return
+	}
+	allow := make([]string, 0, len(m))
+	for method := range m {
+		allow = append(allow, method)
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.Method+" is not allowed here")
+}
+
+// createRequest is the optional body of POST /v1/channels.
+type createRequest struct {
+	Name string `json:"name"`
+}
+
+func (a *api) create(w http.ResponseWriter, r *http.Request) {
+	var req createRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, CodeInvalidBody, "cannot read body: "+err.Error())
+		return
+	}
+	if len(bytes.TrimSpace(body)) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, CodeInvalidBody, `want {"name": "..."} or no body: `+err.Error())
+			return
+		}
+		if dec.More() {
+			writeError(w, http.StatusBadRequest, CodeInvalidBody, "trailing data after the JSON object")
+			return
+		}
+	}
+	id, err := a.hub.Create(req.Name)
+	if err != nil {
+		writeHubError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]string{"id": id})
+}
+
+func (a *api) write(w http.ResponseWriter, r *http.Request) {
+	msg, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.o.MaxMessageBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, CodeMessageTooLarge,
+			fmt.Sprintf("message over %d bytes", a.o.MaxMessageBytes))
+		return
+	case err != nil:
+		writeError(w, http.StatusBadRequest, CodeInvalidBody, "cannot read body: "+err.Error())
+		return
+	}
+	out, err := a.hub.Write(r.Context(), r.PathValue("id"), msg)
+	if err != nil && !errors.Is(err, r.Context().Err()) {
+		writeHubError(w, err)
+		return
+	}
+	a.o.Metrics.MessageWritten(out.Delivered, out.Failed)
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *api) close(w http.ResponseWriter, r *http.Request) {
+	if err := a.hub.Close(r.PathValue("id")); err != nil {
+		writeHubError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *api) info(w http.ResponseWriter, r *http.Request) {
+	info, err := a.hub.Info(r.PathValue("id"))
+	if err != nil {
+		writeHubError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func writeHubError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, channels.ErrInvalidName):
+		writeError(w, http.StatusBadRequest, CodeInvalidName, err.Error())
+	case errors.Is(err, channels.ErrNameTaken):
+		writeError(w, http.StatusConflict, CodeNameTaken, err.Error())
+	case errors.Is(err, channels.ErrTooManyVirtualChannels):
+		writeError(w, http.StatusTooManyRequests, CodeTooManyChannels, err.Error())
+	case errors.Is(err, channels.ErrNotFound):
+		writeError(w, http.StatusNotFound, CodeChannelNotFound, err.Error())
+	case errors.Is(err, channels.ErrReservedMessage):
+		writeError(w, http.StatusBadRequest, CodeReservedMessage, err.Error())
+	default:
+		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
+	}
+}
+
+// Error is the JSON body of every error answer.
+type Error struct {
+	Code    string `json:"error"`
+	Message string `json:"message"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, Error{Code: code, Message: message})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client may be gone; nothing to do about it
+}
