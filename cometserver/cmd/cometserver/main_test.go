@@ -1,0 +1,384 @@
+package main_test
+
+// End-to-end tests (an external test package, so the names server and ctl are free): the real binary, built here, serving on loopback, and
+// steered by its own ctl over a real Unix socket.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/admin"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cometserver-e2e")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "cometserver")
+	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building cometserver:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// server is a running "cometserver serve".
+type server struct {
+	t          *testing.T
+	cmd        *exec.Cmd
+	socket     string
+	pipe       string
+	client     string // http://host:port/comet
+	publisher  string // http://host:port
+	stderr     *bytes.Buffer
+	stderrDone chan struct{}
+}
+
+func startServer(t *testing.T, yaml string, args ...string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	s := &server{t: t, socket: filepath.Join(dir, "admin.sock"), pipe: filepath.Join(dir, "cmd.fifo"), stderr: &bytes.Buffer{}, stderrDone: make(chan struct{})}
+	cfg := filepath.Join(dir, "comet.yaml")
+	os.WriteFile(cfg, []byte(yaml), 0o600)
+	s.cmd = exec.Command(binary, append([]string{"serve", "--config", cfg,
+		"--listen", "127.0.0.1:0", "--publisher-listen", "127.0.0.1:0",
+		"--admin-socket", s.socket, "--command-pipe", s.pipe}, args...)...)
+	pipe, _ := s.cmd.StderrPipe()
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+			s.cmd.Wait()
+		}
+	})
+	// Learn the bound addresses from the start-up log line.
+	started := make(chan map[string]any, 1)
+	go func() {
+		defer close(s.stderrDone)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			s.stderr.Write(append(sc.Bytes(), '\n'))
+			var rec map[string]any
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == "comet server started" {
+				started <- rec
+			}
+		}
+	}()
+	select {
+	case rec := <-started:
+		s.client = "http://" + rec["listen"].(string) + "/comet"
+		s.publisher = "http://" + rec["publisher_listen"].(string)
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not start")
+	}
+	return s
+}
+
+// ctl runs "cometserver ctl" and returns its exit code and output.
+func ctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"ctl"}, args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errOut.String()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String(), errOut.String()
+}
+
+func (s *server) ctl(args ...string) (int, string, string) {
+	s.t.Helper()
+	return ctl(s.t, append([]string{"--socket", s.socket}, args...)...)
+}
+
+func (s *server) status() admin.StatusReply {
+	s.t.Helper()
+	code, out, errOut := s.ctl("status")
+	var st admin.StatusReply
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+		s.t.Fatalf("ctl status: %d %q %q", code, out, errOut)
+	}
+	return st
+}
+
+func (s *server) createChannel(name string) {
+	s.t.Helper()
+	resp, err := http.Post(s.publisher+"/v1/channels", "application/json", strings.NewReader(`{"name":"`+name+`"}`))
+	if err != nil || resp.StatusCode != 201 {
+		s.t.Fatalf("create channel: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
+
+// poll starts a long poll; its status code arrives on the channel.
+func (s *server) poll(ids string) <-chan int {
+	c := make(chan int, 1)
+	go func() {
+		resp, err := http.Post(s.client, "application/x-ocsigen-comet", strings.NewReader("registration="+ids))
+		if err != nil {
+			c <- -1
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		c <- resp.StatusCode
+	}()
+	return c
+}
+
+func (s *server) waitWaiting(n int) {
+	s.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.status().Waiting != n {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("waiting never reached %d", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func statusCode(t *testing.T, c <-chan int) int {
+	t.Helper()
+	select {
+	case code := <-c:
+		return code
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reply")
+		return 0
+	}
+}
+
+func TestCtlApply(t *testing.T) {
+	s := startServer(t, "timeout: 20s\nactivated: true\nmax_virtual_channels: 4\n")
+	st := s.status()
+	if !st.Activated || st.Timeout != 20 || st.MaxVirtualChannels == nil || *st.MaxVirtualChannels != 4 {
+		t.Fatalf("initial status from the config file: %+v", st)
+	}
+
+	code, out, errOut := s.ctl("apply", "--activated=false", "--timeout=5s")
+	if code != 0 || errOut != "sent comet:deactivate\nsent comet:set_timeout 5\n" || !strings.HasPrefix(out, `{"activated":false,"timeout":5,`) {
+		t.Fatalf("apply: %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := s.ctl("apply", "--activated=false", "--timeout=5s", "--kill-on-change"); code != 0 || errOut != "" {
+		t.Fatalf("apply of the held state sent %q (exit %d)", errOut, code)
+	}
+	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=5s", "--kill-on-change"); code != 0 || errOut != "sent comet:activate\n" {
+		t.Fatalf("activate: %d %q", code, errOut)
+	}
+
+	// KILL goes only with a real timeout change.
+	s.createChannel("c")
+	waiting := s.poll("c")
+	s.waitWaiting(1)
+	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=5000ms", "--kill-on-change"); code != 0 || errOut != "" {
+		t.Fatalf("same timeout: %d %q", code, errOut)
+	}
+	if st := s.status(); st.Waiting != 1 {
+		t.Fatal("a KILL went out although the timeout did not change")
+	}
+	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=7s", "--kill-on-change"); code != 0 || errOut != "sent comet:set_timeout 7 KILL\n" {
+		t.Fatalf("retime with kill: %d %q", code, errOut)
+	}
+	if got := statusCode(t, waiting); got != 503 {
+		t.Fatalf("waiting client got %d after KILL, want 503", got)
+	}
+	waiting = s.poll("c")
+	s.waitWaiting(1)
+	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=9s"); code != 0 || errOut != "sent comet:set_timeout 9\n" {
+		t.Fatalf("retime without kill: %d %q", code, errOut)
+	}
+	if st := s.status(); st.Waiting != 1 || st.TimeoutDuration() != 9*time.Second {
+		t.Fatalf("after a retime without kill: %+v", st)
+	}
+	if code, _, _ := s.ctl("deactivate"); code != 0 || statusCode(t, waiting) != 503 {
+		t.Fatal("deactivate did not answer the waiting client 503")
+	}
+	for _, args := range [][]string{{"activate"}, {"set-timeout", "3", "--kill"}, {"set-timeout", "--kill", "2.5"}, {"set-timeout", "4"}} {
+		if code, _, errOut := s.ctl(args...); code != 0 {
+			t.Fatalf("ctl %q: %d %q", args, code, errOut)
+		}
+	}
+	if st := s.status(); !st.Activated || st.TimeoutDuration() != 4*time.Second {
+		t.Fatalf("after the simple commands: %+v", st)
+	}
+}
+
+func TestCommandPipe(t *testing.T) {
+	s := startServer(t, "")
+	f, err := os.OpenFile(s.pipe, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("comet:set_timeout 12\ncomet:garbage\ncomet:deactivate\n")
+	f.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for st := s.status(); st.Activated || st.TimeoutDuration() != 12*time.Second; st = s.status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("pipe commands not applied: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCtlErrors(t *testing.T) {
+	s := startServer(t, "")
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "stale.sock")
+	ln, _ := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // the file stays, nobody listens: connection refused
+
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{}, 2, "error: no command"},
+		{[]string{"reboot"}, 2, `unknown command "reboot"`},
+		{[]string{"activate", "now"}, 2, "activate takes no argument"},
+		{[]string{"set-timeout"}, 2, "exactly one SECONDS"},
+		{[]string{"set-timeout", "soon"}, 2, "decimal number"},
+		{[]string{"set-timeout", "0"}, 2, "greater than 0"},
+		{[]string{"apply", "--timeout=5s"}, 2, `--activated must be true or false, got ""`},
+		{[]string{"apply", "--activated=maybe", "--timeout=5s"}, 2, "--activated must be true or false"},
+		{[]string{"apply", "--activated=true"}, 2, "--timeout must be a duration"},
+		{[]string{"apply", "--activated=true", "--timeout=-1s"}, 2, "--timeout must be a duration greater than 0"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "extra"}, 2, "no positional argument"},
+		{[]string{"--socket", filepath.Join(dir, "none.sock"), "status"}, 3, "admin socket unreachable"},
+		{[]string{"--socket", stale, "activate"}, 3, "connection refused"},
+		{[]string{"--socket", stale, "apply", "--activated=true", "--timeout=1s"}, 3, "admin socket unreachable"},
+	}
+	for _, tt := range tests {
+		code, out, errOut := s.ctl(tt.args...)
+		if code != tt.code || !strings.Contains(errOut, tt.want) || out != "" {
+			t.Errorf("ctl %q: exit %d, stderr %q; want exit %d with %q", tt.args, code, errOut, tt.code, tt.want)
+		}
+	}
+	if st := s.status(); !st.Activated || st.TimeoutDuration() != 20*time.Second {
+		t.Fatalf("a refused ctl changed the server: %+v", st)
+	}
+}
+
+// refusingTarget is a stand-in server state, behind the real admin socket,
+// that refuses set_timeout or ignores everything: the two ways a real server
+// could fail to reach the state ctl asks for.
+type refusingTarget struct{ ignore bool }
+
+func (r refusingTarget) Activate()   {}
+func (r refusingTarget) Deactivate() {}
+func (r refusingTarget) SetTimeout(time.Duration, bool) error {
+	if r.ignore {
+		return nil
+	}
+	return fmt.Errorf("timeouts are frozen")
+}
+func (r refusingTarget) Status() admin.StatusReply {
+	return admin.StatusReply{Activated: true, Timeout: 20, TimeoutNanoseconds: int64(20 * time.Second)}
+}
+
+func TestCtlAgainstRefusingServer(t *testing.T) {
+	for _, tt := range []struct {
+		ignore bool
+		want   string
+	}{
+		{false, `error: server refused "comet:set_timeout 5": timeouts are frozen`},
+		{true, "error: server holds activated=true timeout=20s, want activated=true timeout=5s"},
+	} {
+		path := filepath.Join(t.TempDir(), "admin.sock")
+		sock, err := admin.ListenSocket(path, &admin.Executor{Target: refusingTarget{tt.ignore}, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go sock.Serve()
+		code, _, errOut := ctl(t, "--socket", path, "apply", "--activated=true", "--timeout=5s")
+		if code != 1 || !strings.Contains(errOut, tt.want) {
+			t.Errorf("exit %d, stderr %q; want 1 with %q", code, errOut, tt.want)
+		}
+		code, _, errOut = ctl(t, "--socket", path, "set-timeout", "5")
+		if !tt.ignore && (code != 1 || !strings.Contains(errOut, "timeouts are frozen")) {
+			t.Errorf("set-timeout: exit %d, stderr %q", code, errOut)
+		}
+		sock.Close()
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	s := startServer(t, "shutdown_grace: 5s\n")
+	s.createChannel("c")
+	waiting := s.poll("c")
+	s.waitWaiting(1)
+	start := time.Now()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	if got := statusCode(t, waiting); got != 503 {
+		t.Fatalf("waiting client got %d on SIGTERM, want 503", got)
+	}
+	if err := s.cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, s.stderr)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("shutdown took %v, over the grace period", took)
+	}
+	if _, err := os.Stat(s.socket); !os.IsNotExist(err) {
+		t.Fatal("the admin socket file stayed after exit")
+	}
+	<-s.stderrDone
+	if !strings.Contains(s.stderr.String(), `"msg":"stopped"`) {
+		t.Fatalf("log:\n%s", s.stderr)
+	}
+}
+
+func TestStartupErrors(t *testing.T) {
+	s := startServer(t, "")
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(cfg, []byte("timeout: 20\n"), 0o600)
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"serve", "--config", cfg}, 2, "timeout: want a duration such as 20s"},
+		{[]string{"serve", "--publisher-listen", ":0"}, 2, "publisher_listen: without publisher_token_file"},
+		{[]string{"serve", "--listen", "127.0.0.1:0", "--publisher-listen", "127.0.0.1:0", "--admin-socket", s.socket}, 1, "another server is listening there"},
+		{[]string{"serve", "--listen", "127.0.0.1:0", "--publisher-listen", "127.0.0.1:0", "--admin-socket", filepath.Join(dir, "a.sock"),
+			"--publisher-token-file", filepath.Join(dir, "missing")}, 1, "publisher token"},
+		{[]string{"bogus"}, 2, `unknown subcommand "bogus"`},
+		{[]string{}, 2, "usage: cometserver serve"},
+	}
+	for _, tt := range tests {
+		cmd := exec.Command(binary, tt.args...)
+		out, err := cmd.CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != tt.code || !strings.Contains(string(out), tt.want) {
+			t.Errorf("cometserver %q: %v, output %q; want exit %d with %q", tt.args, err, out, tt.code, tt.want)
+		}
+	}
+	if st := s.status(); !st.Activated {
+		t.Fatal("the running server was disturbed")
+	}
+}

@@ -1,0 +1,234 @@
+// Package server assembles the comet server: the client endpoint, the
+// publisher API, the admin socket and command pipe, around one channel hub
+// and one security state, and shuts them down in order.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/config"
+	"github.com/cometop/comet-operator/cometserver/longpoll"
+	"github.com/cometop/comet-operator/cometserver/metrics"
+	"github.com/cometop/comet-operator/cometserver/publisher"
+	"github.com/cometop/comet-operator/cometserver/security"
+)
+
+// Version is the server's version, set at link time with
+// -ldflags "-X github.com/cometop/comet-operator/cometserver/server.Version=...".
+var Version = "dev"
+
+// Server is a comet server with its listeners bound.
+type Server struct {
+	cfg     config.Config
+	log     *slog.Logger
+	state   *security.State
+	hub     *channels.Registry
+	poll    *longpoll.Handler
+	started time.Time
+	ready   atomic.Bool
+
+	clientLn, publisherLn net.Listener
+	client, publisher     *http.Server
+	socket                *admin.Socket
+	pipe                  *admin.Pipe
+}
+
+// New binds every listener of cfg, so that a bad address or a busy socket
+// fails here, before anything is served. On error nothing stays open.
+func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var token []byte
+	if cfg.PublisherTokenFile != "" {
+		if token, err = publisher.ReadToken(cfg.PublisherTokenFile); err != nil {
+			return nil, err
+		}
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     log,
+		state:   security.New(cfg.Activated, cfg.Timeout.Duration),
+		hub:     channels.NewRegistry(channels.Options{MaxVirtualChannels: cfg.MaxVirtualChannels.Ptr(), IdleExpiry: cfg.ChannelIdleExpiry.Duration}),
+		started: time.Now(),
+	}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	m := metrics.New(
+		func() float64 { return float64(s.hub.Len()) },
+		func() float64 { return float64(s.poll.Waiting()) },
+	)
+	s.poll = longpoll.New(s.hub, s.state, longpoll.Options{
+		MaxBodyBytes: cfg.MaxBodyBytes,
+		MaxIDs:       cfg.MaxIDs,
+		MaxWaiting:   cfg.MaxWaiting,
+		CORSOrigins:  cfg.CORSOrigins,
+		Logger:       log,
+		Metrics:      m,
+	})
+	mux := http.NewServeMux()
+	mux.Handle(cfg.Path, s.poll)
+	s.client = s.httpServer(mux)
+	s.publisher = s.httpServer(publisher.New(s.hub, publisher.Options{
+		Token:           token,
+		MaxMessageBytes: cfg.MaxMessageBytes,
+		Metrics:         m,
+		Ready:           s.ready.Load,
+	}))
+
+	if s.clientLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if s.publisherLn, err = net.Listen("tcp", cfg.PublisherListen); err != nil {
+		return nil, fmt.Errorf("publisher_listen: %w", err)
+	}
+	exec := &admin.Executor{Target: s, Logger: log, Metrics: m}
+	if s.socket, err = admin.ListenSocket(cfg.AdminSocket, exec); err != nil {
+		return nil, err
+	}
+	if cfg.CommandPipe != "" {
+		if s.pipe, err = admin.OpenPipe(cfg.CommandPipe, exec); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Server) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout.Duration,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// No WriteTimeout: a long poll outlives any fixed one. The client
+		// handler sets a write deadline on each reply instead.
+	}
+}
+
+// ClientAddr is the address of the client endpoint.
+func (s *Server) ClientAddr() string { return s.clientLn.Addr().String() }
+
+// PublisherAddr is the address of the publisher API.
+func (s *Server) PublisherAddr() string { return s.publisherLn.Addr().String() }
+
+// Run serves until ctx ends, then drains: /readyz turns false, waiting
+// clients get 503 so that they retry elsewhere, and Run returns once every
+// connection is done or the grace period is over.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	serve := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	serve("client endpoint", func() error { return s.client.Serve(s.clientLn) })
+	serve("publisher API", func() error { return s.publisher.Serve(s.publisherLn) })
+	serve("admin socket", s.socket.Serve)
+	if s.pipe != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.pipe.Serve() }()
+	}
+	s.ready.Store(true)
+	snap := s.state.Snapshot()
+	s.log.Info("comet server started", "version", Version,
+		"listen", s.ClientAddr(), "path", s.cfg.Path, "publisher_listen", s.PublisherAddr(),
+		"admin_socket", s.cfg.AdminSocket, "command_pipe", s.cfg.CommandPipe,
+		"activated", snap.Activated, "timeout", snap.Timeout,
+		"max_virtual_channels", s.cfg.MaxVirtualChannels.String(), "publisher_auth", s.cfg.PublisherTokenFile != "")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutting down", "grace", s.cfg.ShutdownGrace.Duration)
+	case runErr = <-errc:
+		s.log.Error("serving failed, shutting down", "error", runErr)
+	}
+	err := s.shutdown()
+	wg.Wait()
+	return errors.Join(runErr, err)
+}
+
+func (s *Server) shutdown() error {
+	s.ready.Store(false)
+	s.state.Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace.Duration)
+	defer cancel()
+	var errs []error
+	if err := s.client.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("client endpoint: %w", err))
+		s.client.Close()
+	}
+	if err := s.publisher.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("publisher API: %w", err))
+		s.publisher.Close()
+	}
+	s.closeAll()
+	return errors.Join(errs...)
+}
+
+// closeAll closes the admin endpoints and the hub. The HTTP listeners are
+// closed by their servers, or here if they never served.
+func (s *Server) closeAll() {
+	for _, ln := range []net.Listener{s.clientLn, s.publisherLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if s.socket != nil {
+		s.socket.Close()
+	}
+	if s.pipe != nil {
+		s.pipe.Close()
+	}
+	s.hub.Stop()
+}
+
+// Activate, Deactivate, SetTimeout and Status make Server the admin.Target.
+
+func (s *Server) Activate()   { s.state.Activate() }
+func (s *Server) Deactivate() { s.state.Deactivate() }
+func (s *Server) SetTimeout(d time.Duration, kill bool) error {
+	return s.state.SetTimeout(d, kill)
+}
+
+func (s *Server) Status() admin.StatusReply {
+	snap := s.state.Snapshot()
+	return admin.StatusReply{
+		Activated:          snap.Activated,
+		Timeout:            snap.Timeout.Seconds(),
+		TimeoutNanoseconds: int64(snap.Timeout),
+		Channels:           s.hub.Len(),
+		MaxVirtualChannels: s.hub.MaxVirtualChannels(),
+		Waiting:            s.poll.Waiting(),
+		Draining:           snap.Draining,
+		Version:            Version,
+		PID:                os.Getpid(),
+		StartedAt:          s.started.UTC().Format(time.RFC3339),
+	}
+}
+
+// Hub is the server's channel hub, for in-process publishers.
+func (s *Server) Hub() channels.Hub { return s.hub }
+
+// State is the server's security state, for in-process control.
+func (s *Server) State() *security.State { return s.state }
