@@ -163,7 +163,7 @@ func (h *Handler) readRegistration(w http.ResponseWriter, r *http.Request) ([]st
 }
 
 func errBodyTooLarge(max int64) error {
-	return errors.New("body too large: at most " + itoa(max) + " bytes")
+	return errors.New("body too large: at most " + strconv.FormatInt(max, 10) + " bytes")
 }
 
 // reply writes a 200 with the ended identifiers (in registration order)
@@ -212,17 +212,15 @@ func setReplyHeaders(w http.ResponseWriter) {
 }
 
 // allowOrigin sets the CORS headers when the request's Origin is allowed.
-func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) bool {
+func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) {
 	origin := r.Header.Get("Origin")
 	if origin == "" || len(h.o.CORSOrigins) == 0 {
-		return false
+		return
 	}
 	w.Header().Add("Vary", "Origin")
-	if !slices.Contains(h.o.CORSOrigins, origin) && !slices.Contains(h.o.CORSOrigins, "*") {
-		return false
+	if slices.Contains(h.o.CORSOrigins, origin) || slices.Contains(h.o.CORSOrigins, "*") {
+		w.Header().Set("Access-Control-Allow-Origin", origin)
 	}
-	w.Header().Set("Access-Control-Allow-Origin", origin)
-	return true
 }
 
 // preflight answers a CORS preflight for the custom content type.
@@ -255,5 +253,3 @@ func oneLine(s string) string {
 	}
 	return s
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
