@@ -6,9 +6,25 @@ BIN     := $(CURDIR)/bin
 RUN_DIR := $(BIN)/run
 FUZZTIME ?= 30s
 
+# Tools, pinned and installed into bin/.
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+KUBECTL ?= kubectl
+COMETSERVER_IMG ?= cometserver:latest
+
 .PHONY: help
 help: ## Show the targets.
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate the CRD and the RBAC role from the code's markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: controller-gen ## Generate the API's DeepCopy methods.
+	$(CONTROLLER_GEN) object paths="./api/..."
 
 .PHONY: fmt
 fmt: ## Format the Go code.
@@ -20,12 +36,12 @@ vet: ## Run go vet and check formatting.
 	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: vet ## Run every test, with the race detector (fuzz seed corpora included).
-	go test -race -count=1 ./...
+test: manifests generate vet envtest ## Run every test with the race detector, the controller's on a real API server.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
 
 .PHONY: bench
 bench: ## Run the Go benchmarks and print their figures.
-	go test -run '^$$' -bench . -benchmem ./...
+	go test -run '^$$' -bench . -benchmem ./cometserver/...
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
@@ -33,11 +49,40 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	go test -run '^$$' -fuzz '^FuzzPayload$$' -fuzztime $(FUZZTIME) ./cometserver/wire
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cometserver/admin
 
+##@ Build and run
+
 .PHONY: build
-build: ## Build bin/cometserver.
+build: manifests generate ## Build bin/manager (the operator) and bin/cometserver.
+	go build -ldflags "$(LDFLAGS)" -o $(BIN)/manager .
 	go build -ldflags "$(LDFLAGS)" -o $(BIN)/cometserver ./cometserver/cmd/cometserver
 
+.PHONY: run
+run: manifests generate ## Run the operator against the cluster of the current kubeconfig.
+	go run . --cometserver-image=$(COMETSERVER_IMG)
+
 .PHONY: run-cometserver
-run-cometserver: build ## Run the comet server on its embedded defaults (admin socket under bin/run).
+run-cometserver: ## Run the comet server on its embedded defaults (admin socket under bin/run).
 	@mkdir -p $(RUN_DIR)
+	go build -ldflags "$(LDFLAGS)" -o $(BIN)/cometserver ./cometserver/cmd/cometserver
 	$(BIN)/cometserver serve --log-format text --admin-socket $(RUN_DIR)/admin.sock
+
+.PHONY: install
+install: manifests ## Install the CRD into the cluster of the current kubeconfig.
+	$(KUBECTL) apply --server-side -f config/crd/bases
+
+.PHONY: uninstall
+uninstall: manifests ## Remove the CRD (and so every CometServer) from the cluster.
+	$(KUBECTL) delete --ignore-not-found -f config/crd/bases
+
+##@ Tools
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into bin/.
+$(CONTROLLER_GEN):
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(BIN)/controller-gen $(CONTROLLER_GEN)
+
+.PHONY: envtest
+envtest: ## Build (once per version) the etcd and kube-apiserver that envtest runs, into bin/k8s.
+	hack/envtest-binaries.sh >/dev/null
