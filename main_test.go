@@ -15,10 +15,10 @@ func TestCheckFlags(t *testing.T) {
 	}
 	image, conc, timeout, resync, retry := ok()
 	for want, err := range map[string]error{
-		"--cometserver-image is required":  checkFlags(" ", conc, timeout, resync, retry),
-		"--push-concurrency must be at":    checkFlags(image, 0, timeout, resync, retry),
-		"--push-timeout must be greater":   checkFlags(image, conc, 0, resync, retry),
-		"--resync-period must be greater":  checkFlags(image, conc, timeout, -time.Second, retry),
+		"--cometserver-image is required":   checkFlags(" ", conc, timeout, resync, retry),
+		"--push-concurrency must be at":     checkFlags(image, 0, timeout, resync, retry),
+		"--push-timeout must be greater":    checkFlags(image, conc, 0, resync, retry),
+		"--resync-period must be greater":   checkFlags(image, conc, timeout, -time.Second, retry),
 		"--retry-period must be greater th": checkFlags(image, conc, timeout, resync, 0),
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
