@@ -23,6 +23,9 @@ import (
 	"github.com/cometop/comet-operator/controllers"
 )
 
+// version is set at link time: -ldflags "-X main.version=...".
+var version = "dev"
+
 var scheme = runtime.NewScheme()
 
 func init() {
@@ -48,9 +51,14 @@ func main() {
 	flag.DurationVar(&pushTimeout, "push-timeout", 30*time.Second, "Time allowed for one push (an exec into a pod).")
 	flag.DurationVar(&resync, "resync-period", 5*time.Minute, "How often each pod's live state is checked again, to correct changes made by hand.")
 	flag.DurationVar(&retry, "retry-period", 10*time.Second, "How soon a failed push is tried again.")
+	showVersion := flag.Bool("version", false, "Print the version and exit.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
 
@@ -107,7 +115,7 @@ func main() {
 		log.Error(err, "unable to set up the ready check")
 		os.Exit(1)
 	}
-	log.Info("starting the manager", "cometserverImage", image, "watchNamespaces", namespaces)
+	log.Info("starting the manager", "version", version, "cometserverImage", image, "watchNamespaces", namespaces)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		log.Error(err, "manager stopped")
 		os.Exit(1)

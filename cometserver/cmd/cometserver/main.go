@@ -35,7 +35,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "ctl":
 		return ctl.Main(args[1:], stdout, stderr)
-	case "version":
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, server.Version)
 		return 0
 	case "help", "-h", "--help":
