@@ -1,7 +1,12 @@
 # comet-operator. Run `make help` for the targets.
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/cometop/comet-operator/cometserver/server.Version=$(VERSION)
+# The one place for the version and the image names: the chart's appVersion
+# and default images must match them (the chart tests check).
+VERSION    ?= 0.1.0
+IMAGE_REPO ?= ghcr.io/cometop
+OPERATOR_IMG    ?= $(IMAGE_REPO)/comet-operator:$(VERSION)
+COMETSERVER_IMG ?= $(IMAGE_REPO)/cometserver:$(VERSION)
+LDFLAGS := -X github.com/cometop/comet-operator/cometserver/server.Version=$(VERSION) -X main.version=$(VERSION)
 BIN     := $(CURDIR)/bin
 RUN_DIR := $(BIN)/run
 FUZZTIME ?= 30s
@@ -10,7 +15,6 @@ FUZZTIME ?= 30s
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUBECTL ?= kubectl
-COMETSERVER_IMG ?= cometserver:latest
 
 .PHONY: help
 help: ## Show the targets.
@@ -19,8 +23,9 @@ help: ## Show the targets.
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate the CRD and the RBAC role from the code's markers.
+manifests: controller-gen ## Generate the CRD and the RBAC role from the code's markers, and copy them into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	hack/sync-chart.sh
 
 .PHONY: generate
 generate: controller-gen ## Generate the API's DeepCopy methods.
@@ -35,8 +40,12 @@ vet: ## Run go vet and check formatting.
 	go vet ./...
 	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+.PHONY: docs
+docs: ## Regenerate the README's table of chart values from values.yaml.
+	go run ./hack/values-table -write README.md
+
 .PHONY: test
-test: manifests generate vet envtest ## Run every test with the race detector, the controller's on a real API server.
+test: manifests generate vet envtest tools ## Run every test with the race detector, the controller's and the chart's on a real API server.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
 
 .PHONY: bench
@@ -66,6 +75,15 @@ run-cometserver: ## Run the comet server on its embedded defaults (admin socket 
 	go build -ldflags "$(LDFLAGS)" -o $(BIN)/cometserver ./cometserver/cmd/cometserver
 	$(BIN)/cometserver serve --log-format text --admin-socket $(RUN_DIR)/admin.sock
 
+.PHONY: images
+images: ## Build the operator and comet server image tarballs into bin/images (no Docker needed).
+	go run ./hack/images --version $(VERSION) --repo $(IMAGE_REPO) --out $(BIN)/images
+
+.PHONY: helm-lint
+helm-lint: tools ## Lint the chart and run its helm-unittest suites.
+	$$(hack/tools.sh helm) lint --strict charts/comet-operator
+	$$(hack/tools.sh helm-unittest) charts/comet-operator
+
 .PHONY: install
 install: manifests ## Install the CRD into the cluster of the current kubeconfig.
 	$(KUBECTL) apply --server-side -f config/crd/bases
@@ -82,6 +100,11 @@ $(CONTROLLER_GEN):
 	@mkdir -p $(BIN)
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $(CONTROLLER_GEN)
+
+.PHONY: tools
+tools: ## Build helm and helm-unittest from Go module sources into bin/tools.
+	hack/tools.sh helm >/dev/null
+	hack/tools.sh helm-unittest >/dev/null
 
 .PHONY: envtest
 envtest: ## Build (once per version) the etcd and kube-apiserver that envtest runs, into bin/k8s.
