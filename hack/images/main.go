@@ -172,4 +172,3 @@ func binaryLayer(bin, path string) (v1.Layer, error) {
 		return io.NopCloser(bytes.NewReader(b)), nil
 	})
 }
-
