@@ -38,6 +38,7 @@ fmt: ## Format the Go code.
 .PHONY: vet
 vet: ## Run go vet and check formatting.
 	go vet ./...
+	go vet -tags e2e ./test/e2e/
 	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: docs
@@ -83,6 +84,22 @@ images: ## Build the operator and comet server image tarballs into bin/images (n
 helm-lint: tools ## Lint the chart and run its helm-unittest suites.
 	$$(hack/tools.sh helm) lint --strict charts/comet-operator
 	$$(hack/tools.sh helm-unittest) charts/comet-operator
+
+.PHONY: demo
+demo: images tools ## The main job: a local cluster from source, the operator via Helm, a sample CometServer (root).
+	VERSION=$(VERSION) hack/demo.sh
+
+.PHONY: e2e
+e2e: images tools ## Run the end-to-end suite on a local cluster built from source (root; always torn down).
+	VERSION=$(VERSION) hack/e2e.sh
+
+.PHONY: cluster-up
+cluster-up: ## Bring up the local single-node cluster (root; see hack/local-cluster).
+	hack/local-cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Tear the local cluster down and restore the host.
+	hack/local-cluster down
 
 .PHONY: install
 install: manifests ## Install the CRD into the cluster of the current kubeconfig.

@@ -48,6 +48,13 @@ var Images = []Image{
 	},
 }
 
+// Pause is the local cluster's sandbox image (hack/local-cluster), built
+// with --pause; it is no release image.
+var Pause = Image{
+	Name: "pause", Package: "./hack/pause", Binary: "/pause", VersionVar: "main.unused",
+	Description: "Sandbox container of the comet-operator local cluster",
+}
+
 // User is the unprivileged user every image runs as.
 const User = "65532:65532"
 
@@ -56,12 +63,17 @@ func main() {
 	repo := flag.String("repo", "", "registry and namespace of the image names, such as ghcr.io/cometop (required)")
 	out := flag.String("out", "bin/images", "folder for the image tarballs")
 	root := flag.String("root", ".", "module root")
+	pause := flag.Bool("pause", false, "build only the local cluster's pause image")
 	flag.Parse()
 	if *version == "" || *repo == "" {
 		fmt.Fprintln(os.Stderr, "images: --version and --repo are required")
 		os.Exit(2)
 	}
-	for _, im := range Images {
+	images := Images
+	if *pause {
+		images = []Image{Pause}
+	}
+	for _, im := range images {
 		path, digest, err := Build(im, *root, *repo, *version, *out)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "images: %s: %v\n", im.Name, err)

@@ -1,0 +1,456 @@
+//go:build e2e
+
+// Package e2e runs the operator on the real single-node cluster of
+// hack/local-cluster, installed with its Helm chart and images, and drives it
+// as a user would: helm, kubectl, and HTTP from the host through the Service.
+// hack/e2e.sh brings the cluster up, runs this, and tears it down.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	kubectlBin = os.Getenv("KUBECTL")
+	helmBin    = os.Getenv("HELM")
+	repoRoot   = "../.."
+	ns         = "e2e"
+	opNS       = "comet-system"
+	figures    []string // latencies, printed at the end for the notes
+)
+
+func TestMain(m *testing.M) {
+	if kubectlBin == "" || helmBin == "" || os.Getenv("KUBECONFIG") == "" {
+		fmt.Fprintln(os.Stderr, "e2e: run through hack/e2e.sh (KUBECTL, HELM and KUBECONFIG unset)")
+		os.Exit(1)
+	}
+	code := m.Run()
+	fmt.Println("e2e figures:")
+	for _, f := range figures {
+		fmt.Println("  " + f)
+	}
+	os.Exit(code)
+}
+
+func figure(t *testing.T, format string, a ...any) {
+	t.Helper()
+	s := fmt.Sprintf(format, a...)
+	t.Log(s)
+	figures = append(figures, s)
+}
+
+func sh(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := shErr(bin, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", bin, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func shErr(bin string, args ...string) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return strings.TrimSpace(out.String()), err
+}
+
+func kubectl(t *testing.T, args ...string) string { t.Helper(); return sh(t, kubectlBin, args...) }
+
+// eventually polls cond every 100ms until it holds or timeout passes.
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < timeout {
+		if err = cond(); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+	return 0
+}
+
+func jsonpath(t *testing.T, kind, name, path string) string {
+	t.Helper()
+	out, _ := shErr(kubectlBin, "-n", ns, "get", kind, name, "-o", "jsonpath="+path)
+	return out
+}
+
+func condition(t *testing.T, typ string) string {
+	return jsonpath(t, "cometserver", "news", `{.status.conditions[?(@.type=="`+typ+`")].status}`)
+}
+
+func waitConverged(t *testing.T, what string) {
+	t.Helper()
+	eventually(t, what, 3*time.Minute, func() error {
+		gen := jsonpath(t, "cometserver", "news", "{.metadata.generation}")
+		obs := jsonpath(t, "cometserver", "news", "{.status.observedGeneration}")
+		if gen != obs || condition(t, "Available") != "True" || condition(t, "ConfigApplied") != "True" {
+			return fmt.Errorf("generation %s observed %s, Available %s, ConfigApplied %s",
+				gen, obs, condition(t, "Available"), condition(t, "ConfigApplied"))
+		}
+		return nil
+	})
+}
+
+func patch(t *testing.T, spec string) {
+	t.Helper()
+	kubectl(t, "-n", ns, "patch", "cometserver", "news", "--type=merge", "-p", `{"spec":`+spec+`}`)
+}
+
+// readyPods lists the comet server pods that are ready and not terminating.
+func readyPods(t *testing.T) []string {
+	out, err := shErr(kubectlBin, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/instance=news", "-o", "json")
+	if err != nil {
+		return nil
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name              string
+				DeletionTimestamp *string
+			}
+			Status struct {
+				Conditions []struct{ Type, Status string }
+			}
+		}
+	}
+	if json.Unmarshal([]byte(out), &list) != nil {
+		return nil
+	}
+	var names []string
+	for _, p := range list.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == "Ready" && c.Status == "True" && p.Metadata.DeletionTimestamp == nil {
+				names = append(names, p.Metadata.Name)
+			}
+		}
+	}
+	return names
+}
+
+type endpoints struct{ client, publisher, token string }
+
+func service(t *testing.T) endpoints {
+	t.Helper()
+	ip := jsonpath(t, "service", "news", "{.spec.clusterIP}")
+	tok := jsonpath(t, "secret", "news-publisher-token", "{.data.token}")
+	raw, err := decodeBase64(tok)
+	if err != nil || ip == "" {
+		t.Fatalf("service %q token %q: %v", ip, tok, err)
+	}
+	return endpoints{client: "http://" + ip + ":8080/comet", publisher: "http://" + ip + ":8081", token: raw}
+}
+
+var httpClient = &http.Client{Timeout: 90 * time.Second}
+
+func (e endpoints) publish(method, path, body string) (int, string, error) {
+	req, _ := http.NewRequest(method, e.publisher+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
+
+// poll sends a long poll as a browser's XMLHttpRequest would.
+func (e endpoints) poll(ids ...string) (int, string, time.Duration, error) {
+	var esc []string
+	for _, id := range ids {
+		esc = append(esc, jsEscape(id))
+	}
+	req, _ := http.NewRequest("POST", e.client, strings.NewReader("registration="+strings.Join(esc, "%0A")))
+	req.Header.Set("Content-Type", "application/x-ocsigen-comet; charset=UTF-8")
+	req.Header.Set("Origin", "http://localhost")
+	start := time.Now()
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), time.Since(start), nil
+}
+
+type pollResult struct {
+	code int
+	body string
+	took time.Duration
+	err  error
+}
+
+func (e endpoints) pollAsync(ids ...string) <-chan pollResult {
+	c := make(chan pollResult, 1)
+	go func() {
+		code, body, took, err := e.poll(ids...)
+		c <- pollResult{code, body, took, err}
+	}()
+	return c
+}
+
+func (e endpoints) createChannel(t *testing.T, name string) string {
+	t.Helper()
+	var id string
+	eventually(t, "the publisher through the service", 30*time.Second, func() error {
+		code, body, err := e.publish("POST", "/v1/channels", `{"name":"`+name+`"}`)
+		if err != nil || code != 201 {
+			return fmt.Errorf("%d %s %v", code, body, err)
+		}
+		var r struct{ ID string }
+		json.Unmarshal([]byte(body), &r)
+		id = r.ID
+		return nil
+	})
+	return id
+}
+
+func (e endpoints) waitWaiting(t *testing.T, channel string, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d listeners on %s", n, channel), 30*time.Second, func() error {
+		code, body, err := e.publish("GET", "/v1/channels/"+urlPathEscape(channel), "")
+		if err != nil || code != 200 || !strings.Contains(body, fmt.Sprintf(`"listeners":%d`, n)) {
+			return fmt.Errorf("%d %s %v", code, body, err)
+		}
+		return nil
+	})
+}
+
+// adminCommands reads a pod's count of live-state commands from its
+// metrics (through kubectl, as the publisher port is the pod's).
+func adminCommands(t *testing.T, e endpoints) map[string]int {
+	t.Helper()
+	_, body, err := e.publish("GET", "/metrics", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	re := regexp.MustCompile(`(?m)^comet_admin_commands_total\{command="(\w+)",result="ok"\} (\d+)$`)
+	for _, m := range re.FindAllStringSubmatch(body, -1) {
+		n, _ := strconv.Atoi(m[2])
+		counts[m[1]] = n
+	}
+	return counts
+}
+
+func TestEndToEnd(t *testing.T) {
+	chart := repoRoot + "/charts/comet-operator"
+	// Each step builds on the ones before: stop at the first that fails.
+	step := func(name string, f func(t *testing.T)) {
+		t.Helper()
+		if !t.Failed() && !t.Run(name, f) {
+			t.FailNow()
+		}
+	}
+	step("helm install", func(t *testing.T) {
+		start := time.Now()
+		sh(t, helmBin, "install", "comet", chart, "--namespace", opNS, "--create-namespace",
+			"--set", "push.resyncPeriod=10s", "--set", "push.retryPeriod=2s", "--wait", "--timeout", "3m")
+		figure(t, "helm install --wait: %s", time.Since(start).Round(time.Millisecond))
+	})
+
+	step("a sample CometServer becomes Available", func(t *testing.T) {
+		kubectl(t, "create", "namespace", ns)
+		start := time.Now()
+		kubectl(t, "-n", ns, "apply", "-f", repoRoot+"/config/samples/comet_v1alpha1_cometserver.yaml")
+		waitConverged(t, "Available and ConfigApplied")
+		figure(t, "CometServer apply to Available: %s", time.Since(start).Round(time.Millisecond))
+		if out := kubectl(t, "-n", ns, "get", "comet", "news"); !strings.Contains(out, "True") {
+			t.Fatalf("kubectl get comet:\n%s", out)
+		}
+	})
+
+	step("scale to 0 and back", func(t *testing.T) {
+		kubectl(t, "-n", ns, "scale", "comet/news", "--replicas=0")
+		eventually(t, "no pods", 2*time.Minute, func() error {
+			if p := readyPods(t); len(p) > 0 || jsonpath(t, "cometserver", "news", "{.status.replicas}") != "0" {
+				return fmt.Errorf("pods %v", p)
+			}
+			return nil
+		})
+		kubectl(t, "-n", ns, "scale", "comet/news", "--replicas=1")
+		waitConverged(t, "back to one pod")
+	})
+
+	e := service(t)
+	step("publish and long-poll from the host through the service", func(t *testing.T) {
+		id := e.createChannel(t, "news/e2e-1") // ASCII: escape() cannot carry UTF-8
+		c := e.pollAsync(id)
+		e.waitWaiting(t, id, 1)
+		code, body, err := e.publish("POST", "/v1/channels/"+urlPathEscape(id)+"/messages", "hello, world: 1")
+		if err != nil || code != 200 || body != "{\"delivered\":1,\"failed\":0}\n" {
+			t.Fatalf("publish: %d %q %v", code, body, err)
+		}
+		r := <-c
+		if r.err != nil || r.code != 200 || r.body != "news/e2e-1:hello%2C%20world%3A%201" {
+			t.Fatalf("poll: %d %q %v", r.code, r.body, r.err)
+		}
+	})
+
+	step("deactivate and activate live", func(t *testing.T) {
+		e.createChannel(t, "live")
+		waiting := e.pollAsync("live")
+		e.waitWaiting(t, "live", 1)
+		start := time.Now()
+		patch(t, `{"activated":false}`)
+		r := <-waiting
+		if r.code != 503 {
+			t.Fatalf("waiting poll after deactivate: %d %v", r.code, r.err)
+		}
+		figure(t, "activated=false to a waiting poll's 503: %s", time.Since(start).Round(time.Millisecond))
+		eventually(t, "new polls answered 503", 30*time.Second, func() error {
+			if code, _, _, _ := e.poll("live"); code != 503 {
+				return fmt.Errorf("status %d", code)
+			}
+			return nil
+		})
+		figure(t, "activated=false to every new poll 503: %s", time.Since(start).Round(time.Millisecond))
+		start = time.Now()
+		patch(t, `{"activated":true}`)
+		eventually(t, "polls served again", 30*time.Second, func() error {
+			if code, _, _, _ := e.poll("gone"); code != 200 {
+				return fmt.Errorf("status %d", code)
+			}
+			return nil
+		})
+		figure(t, "activated=true to polls served: %s", time.Since(start).Round(time.Millisecond))
+		waitConverged(t, "activated again")
+	})
+
+	step("retime, then retime with KILL", func(t *testing.T) {
+		patch(t, `{"timeout":"3s"}`)
+		waitConverged(t, "timeout 3s")
+		r := <-e.pollAsync("live")
+		if r.code != 200 || r.body != "" || r.took < 2500*time.Millisecond || r.took > 6*time.Second {
+			t.Fatalf("a poll under the 3s timeout: %d %q after %s", r.code, r.body, r.took)
+		}
+		figure(t, "poll under timeout=3s ended after %s", r.took.Round(time.Millisecond))
+
+		patch(t, `{"timeout":"60s"}`)
+		waitConverged(t, "timeout 60s")
+		waiting := e.pollAsync("live")
+		e.waitWaiting(t, "live", 1)
+		start := time.Now()
+		patch(t, `{"timeout":"50s","killOnTimeoutChange":true}`)
+		r = <-waiting
+		if r.code != 503 {
+			t.Fatalf("waiting poll after a KILL retime: %d %v", r.code, r.err)
+		}
+		figure(t, "timeout change with killOnTimeoutChange to a waiting poll's 503: %s", time.Since(start).Round(time.Millisecond))
+		waitConverged(t, "timeout 50s")
+	})
+
+	var podBefore string
+	step("maxVirtualChannels rolls the pod and is enforced", func(t *testing.T) {
+		podBefore = readyPods(t)[0]
+		patch(t, `{"maxVirtualChannels":2}`)
+		start := time.Now()
+		eventually(t, "a new pod", 3*time.Minute, func() error {
+			p := readyPods(t)
+			if len(p) != 1 || p[0] == podBefore {
+				return fmt.Errorf("pods %v", p)
+			}
+			return nil
+		})
+		waitConverged(t, "after the rollout")
+		figure(t, "maxVirtualChannels change to the new pod ready: %s", time.Since(start).Round(time.Millisecond))
+		e = service(t)
+		var codes []int
+		for i := range 3 {
+			eventually(t, "publisher up", 30*time.Second, func() error {
+				code, _, err := e.publish("POST", "/v1/channels", fmt.Sprintf(`{"name":"limit-%d"}`, i))
+				if err != nil {
+					return err
+				}
+				codes = append(codes, code)
+				return nil
+			})
+		}
+		if fmt.Sprint(codes) != "[201 201 429]" {
+			t.Fatalf("creates under maxVirtualChannels=2: %v", codes)
+		}
+	})
+
+	step("a replacement pod comes up in the live state", func(t *testing.T) {
+		old := readyPods(t)[0]
+		kubectl(t, "-n", ns, "delete", "pod", old, "--wait=false")
+		eventually(t, "the replacement", 3*time.Minute, func() error {
+			p := readyPods(t)
+			if len(p) != 1 || p[0] == old {
+				return fmt.Errorf("pods %v", p)
+			}
+			return nil
+		})
+		pod := readyPods(t)[0]
+		status := kubectl(t, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "status")
+		if !strings.Contains(status, `"activated":true`) || !strings.Contains(status, `"timeout":50,`) ||
+			!strings.Contains(status, `"max_virtual_channels":2`) {
+			t.Fatalf("replacement status %s", status)
+		}
+		waitConverged(t, "with the replacement")
+	})
+
+	step("an operator restart sends no command again", func(t *testing.T) {
+		e = service(t)
+		var before map[string]int
+		eventually(t, "metrics", 30*time.Second, func() error { before = adminCommands(t, e); return nil })
+		kubectl(t, "-n", opNS, "rollout", "restart", "deployment/comet-comet-operator")
+		kubectl(t, "-n", opNS, "rollout", "status", "deployment/comet-comet-operator", "--timeout=2m")
+		time.Sleep(15 * time.Second) // past the new operator's first pass and a resync period
+		after := adminCommands(t, e)
+		for _, c := range []string{"activate", "deactivate", "set_timeout"} {
+			if after[c] != before[c] {
+				t.Fatalf("%s: %d before the restart, %d after", c, before[c], after[c])
+			}
+		}
+		if after["status"] <= before["status"] {
+			t.Fatal("the new operator never checked the pod: the test proves nothing")
+		}
+	})
+
+	step("a change by hand is corrected within the resync period", func(t *testing.T) {
+		pod := readyPods(t)[0]
+		kubectl(t, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "deactivate")
+		start := time.Now()
+		eventually(t, "the drift corrected", time.Minute, func() error {
+			out, _ := shErr(kubectlBin, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "status")
+			if !strings.Contains(out, `"activated":true`) {
+				return fmt.Errorf("status %s", out)
+			}
+			return nil
+		})
+		figure(t, "hand-made deactivate corrected after %s (resync period 10s)", time.Since(start).Round(time.Millisecond))
+	})
+
+	step("uninstall leaves no workload", func(t *testing.T) {
+		kubectl(t, "-n", ns, "delete", "cometserver", "news", "--wait=true", "--timeout=2m")
+		sh(t, helmBin, "uninstall", "comet", "--namespace", opNS, "--wait", "--timeout", "2m")
+		eventually(t, "no workload left", 2*time.Minute, func() error {
+			out := kubectl(t, "get", "deployments,replicasets,pods,services,configmaps,secrets", "-A",
+				"-l", "app.kubernetes.io/managed-by in (comet-operator,Helm)", "-o", "name")
+			if out != "" {
+				return fmt.Errorf("left: %s", out)
+			}
+			return nil
+		})
+		if out := kubectl(t, "get", "crd", "cometservers.comet.cometop.dev", "-o", "name"); out == "" {
+			t.Fatal("the CRD was not kept")
+		}
+	})
+}
