@@ -49,6 +49,11 @@ docs: ## Regenerate the README's table of chart values from values.yaml.
 test: manifests generate vet envtest tools ## Run every test with the race detector, the controller's and the chart's on a real API server.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
 
+.PHONY: test-all
+test-all: ## The whole suite: make test, then make e2e on a real local cluster (root).
+	$(MAKE) test
+	$(MAKE) e2e
+
 .PHONY: bench
 bench: ## Run the Go benchmarks and print their figures.
 	go test -run '^$$' -bench . -benchmem ./cometserver/...
