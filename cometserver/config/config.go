@@ -53,6 +53,8 @@ type Config struct {
 	ChannelIdleExpiry Duration `json:"channel_idle_expiry"`
 	ShutdownGrace     Duration `json:"shutdown_grace"`
 
+	Demo bool `json:"demo"`
+
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
 }
@@ -137,6 +139,7 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time to read request headers")
 	fs.Var(&c.ChannelIdleExpiry, "channel-idle-expiry", "close channels idle this long (0s: never)")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "time to drain on SIGTERM")
+	fs.BoolVar(&c.Demo, "demo", c.Demo, "serve the demo page at / (binds to loopback unless --listen is set)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 	return fs
@@ -184,6 +187,11 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return Config{}, fmt.Errorf("flags: %w", err)
 	}
+	// The demo lets anyone who reaches it post: unless told where to listen,
+	// it listens on loopback only.
+	if c.Demo && c.Listen == Default().Listen {
+		c.Listen = "127.0.0.1" + c.Listen
+	}
 	return c, c.Validate()
 }
 
@@ -199,8 +207,11 @@ func (c Config) Validate() error {
 	if err := checkAddr(c.Listen); err != nil {
 		bad("listen", "%v", err)
 	}
-	if !strings.HasPrefix(c.Path, "/") {
-		bad("path", "must start with '/', got %q", c.Path)
+	switch {
+	case !strings.HasPrefix(c.Path, "/") || c.Path == "/":
+		bad("path", "must start with '/' and name a path, got %q", c.Path)
+	case slices.Contains(reservedPaths, c.Path) || strings.HasPrefix(c.Path, "/demo/"):
+		bad("path", "%q is where the server serves its browser client or demo", c.Path)
 	}
 	for _, o := range c.CORSOrigins {
 		if err := checkOrigin(o); err != nil {
@@ -246,6 +257,9 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// reservedPaths are served next to the client endpoint.
+var reservedPaths = []string{"/comet.js", "/comet.mjs"}
 
 func checkAddr(addr string) error {
 	_, port, err := net.SplitHostPort(addr)

@@ -179,3 +179,19 @@ func TestMarshalRoundTrip(t *testing.T) {
 		t.Fatalf("round trip: %+v\n%s", back, b)
 	}
 }
+
+func TestDemoListensOnLoopbackUnlessTold(t *testing.T) {
+	c, err := Load([]string{"--demo"}, noEnv)
+	if err != nil || c.Listen != "127.0.0.1:8080" || !c.Demo {
+		t.Fatalf("--demo: listen %q, %v", c.Listen, err)
+	}
+	c, err = Load([]string{"--demo", "--listen", ":9090"}, noEnv)
+	if err != nil || c.Listen != ":9090" {
+		t.Fatalf("--demo --listen :9090: listen %q, %v", c.Listen, err)
+	}
+	for _, path := range []string{"/comet.js", "/comet.mjs", "/", "/demo/x"} {
+		if _, err := Load([]string{"--path", path}, noEnv); err == nil || !strings.Contains(err.Error(), "path:") {
+			t.Errorf("--path %s: %v", path, err)
+		}
+	}
+}

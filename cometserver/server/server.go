@@ -18,10 +18,12 @@ import (
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/config"
+	"github.com/cometop/comet-operator/cometserver/demo"
 	"github.com/cometop/comet-operator/cometserver/longpoll"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/cometserver/publisher"
 	"github.com/cometop/comet-operator/cometserver/security"
+	"github.com/cometop/comet-operator/cometserver/webclient"
 )
 
 // Version is the server's version, set at link time with
@@ -42,6 +44,7 @@ type Server struct {
 	client, publisher     *http.Server
 	socket                *admin.Socket
 	pipe                  *admin.Pipe
+	demo                  *demo.Demo
 }
 
 // New binds every listener of cfg, so that a bad address or a busy socket
@@ -82,6 +85,13 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	})
 	mux := http.NewServeMux()
 	mux.Handle(cfg.Path, s.poll)
+	webclient.Register(mux)
+	if cfg.Demo {
+		if s.demo, err = demo.Start(s.hub, log); err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		s.demo.Register(mux)
+	}
 	s.client = s.httpServer(mux)
 	s.publisher = s.httpServer(publisher.New(s.hub, publisher.Options{
 		Token:           token,
@@ -154,7 +164,8 @@ func (s *Server) Run(ctx context.Context) error {
 		"listen", s.ClientAddr(), "path", s.cfg.Path, "publisher_listen", s.PublisherAddr(),
 		"admin_socket", s.cfg.AdminSocket, "command_pipe", s.cfg.CommandPipe,
 		"activated", snap.Activated, "timeout", snap.Timeout,
-		"max_virtual_channels", s.cfg.MaxVirtualChannels.String(), "publisher_auth", s.cfg.PublisherTokenFile != "")
+		"max_virtual_channels", s.cfg.MaxVirtualChannels.String(), "publisher_auth", s.cfg.PublisherTokenFile != "",
+		"demo", s.cfg.Demo)
 
 	var runErr error
 	select {
@@ -199,6 +210,9 @@ func (s *Server) closeAll() {
 	}
 	if s.pipe != nil {
 		s.pipe.Close()
+	}
+	if s.demo != nil {
+		s.demo.Stop()
 	}
 	s.hub.Stop()
 }
