@@ -46,7 +46,7 @@ docs: ## Regenerate the README's table of chart values from values.yaml.
 	go run ./hack/values-table -write README.md
 
 .PHONY: test
-test: manifests generate vet envtest tools ## Run every test with the race detector, the controller's and the chart's on a real API server.
+test: manifests generate vet envtest tools chromium ## Run every test with the race detector: controller and chart on a real API server, comet.js in real Chromium.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
 
 .PHONY: test-all
@@ -76,10 +76,10 @@ run: manifests generate ## Run the operator against the cluster of the current k
 	go run . --cometserver-image=$(COMETSERVER_IMG)
 
 .PHONY: run-cometserver
-run-cometserver: ## Run the comet server on its embedded defaults (admin socket under bin/run).
+run-cometserver: ## Run the comet server alone with its demo page on http://127.0.0.1:8080/ (admin socket under bin/run).
 	@mkdir -p $(RUN_DIR)
 	go build -ldflags "$(LDFLAGS)" -o $(BIN)/cometserver ./cometserver/cmd/cometserver
-	$(BIN)/cometserver serve --log-format text --admin-socket $(RUN_DIR)/admin.sock
+	$(BIN)/cometserver serve --demo --log-format text --admin-socket $(RUN_DIR)/admin.sock
 
 .PHONY: images
 images: ## Build the operator and comet server image tarballs into bin/images (no Docker needed).
@@ -127,6 +127,10 @@ $(CONTROLLER_GEN):
 tools: ## Build helm and helm-unittest from Go module sources into bin/tools.
 	hack/tools.sh helm >/dev/null
 	hack/tools.sh helm-unittest >/dev/null
+
+.PHONY: chromium
+chromium: ## Install Debian's Chromium for the browser tests, if missing.
+	hack/install-chromium.sh
 
 .PHONY: envtest
 envtest: ## Build (once per version) the etcd and kube-apiserver that envtest runs, into bin/k8s.
