@@ -82,7 +82,10 @@ func main() {
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "comet-operator.comet.cometop.dev",
-		Cache:                  controllers.CacheOptions(splitList(namespaces)),
+		// The process exits as soon as the manager stops, so it can hand the
+		// lease over at once: a rolling restart need not wait for it to expire.
+		LeaderElectionReleaseOnCancel: true,
+		Cache:                         controllers.CacheOptions(splitList(namespaces)),
 	})
 	if err != nil {
 		log.Error(err, "unable to start the manager")

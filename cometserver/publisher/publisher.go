@@ -100,11 +100,15 @@ type api struct {
 
 // auth checks the bearer token in constant time. Hashing both sides first
 // keeps the comparison's length, and so its time, independent of the token.
+// A server that is not ready (draining for shutdown) answers 503, so that
+// publishers retry elsewhere rather than create channels that are about to
+// vanish with this process.
 func (a *api) auth(next http.Handler) http.Handler {
-	if a.tokenSum == nil {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.tokenSum == nil {
+			a.ifReady(next, w, r)
+			return
+		}
 		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		sum := sha256.Sum256([]byte(given))
 		if subtle.ConstantTimeCompare(sum[:], a.tokenSum) != 1 || !ok {
@@ -112,8 +116,17 @@ func (a *api) auth(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, CodeUnauthorized, "missing or wrong bearer token")
 			return
 		}
-		next.ServeHTTP(w, r)
+		a.ifReady(next, w, r)
 	})
+}
+
+func (a *api) ifReady(next http.Handler, w http.ResponseWriter, r *http.Request) {
+	if a.o.Ready != nil && !a.o.Ready() {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "server is shutting down")
+		return
+	}
+	next.ServeHTTP(w, r)
 }
 
 // methods dispatches by method and answers others with a JSON 405.

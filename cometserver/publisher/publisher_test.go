@@ -177,6 +177,11 @@ func TestProbesAndMetrics(t *testing.T) {
 	if r := a.call("GET", "/readyz", ""); r.status != 503 {
 		t.Fatalf("readyz while not ready: %d", r.status)
 	}
+	r503 := a.call("POST", "/v1/channels", "")
+	expectError(t, r503, 503, CodeUnavailable)
+	if r503.header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After while draining")
+	}
 	if r := a.call("GET", "/healthz", ""); r.status != 200 {
 		t.Fatalf("healthz: %d", r.status)
 	}

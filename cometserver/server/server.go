@@ -181,6 +181,10 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) shutdown() error {
 	s.ready.Store(false)
+	// Kept-alive connections would pin clients to this process, through a
+	// Service's connection tracking too: close each after its reply.
+	s.client.SetKeepAlivesEnabled(false)
+	s.publisher.SetKeepAlivesEnabled(false)
 	s.state.Drain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace.Duration)
 	defer cancel()

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -112,11 +113,35 @@ func patch(t *testing.T, spec string) {
 	kubectl(t, "-n", ns, "patch", "cometserver", "news", "--type=merge", "-p", `{"spec":`+spec+`}`)
 }
 
+// waitSolePod waits until the CometServer has exactly one pod, ready, other
+// than not: a terminating pod serves until its SIGTERM arrives, and with no
+// other ready endpoint kube-proxy still sends it traffic, so a step that
+// talks through the Service must wait for the old pod to be gone.
+func waitSolePod(t *testing.T, not string) string {
+	t.Helper()
+	var name string
+	eventually(t, "a sole ready pod", 3*time.Minute, func() error {
+		all, ready := pods(t)
+		if len(all) != 1 || len(ready) != 1 || ready[0] == not {
+			return fmt.Errorf("pods %v, ready %v", all, ready)
+		}
+		name = ready[0]
+		return nil
+	})
+	return name
+}
+
 // readyPods lists the comet server pods that are ready and not terminating.
 func readyPods(t *testing.T) []string {
+	_, ready := pods(t)
+	return ready
+}
+
+// pods lists every comet server pod, terminating ones too, and the ready ones.
+func pods(t *testing.T) (all, ready []string) {
 	out, err := shErr(kubectlBin, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/instance=news", "-o", "json")
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var list struct {
 		Items []struct {
@@ -130,17 +155,17 @@ func readyPods(t *testing.T) []string {
 		}
 	}
 	if json.Unmarshal([]byte(out), &list) != nil {
-		return nil
+		return nil, nil
 	}
-	var names []string
 	for _, p := range list.Items {
+		all = append(all, p.Metadata.Name)
 		for _, c := range p.Status.Conditions {
 			if c.Type == "Ready" && c.Status == "True" && p.Metadata.DeletionTimestamp == nil {
-				names = append(names, p.Metadata.Name)
+				ready = append(ready, p.Metadata.Name)
 			}
 		}
 	}
-	return names
+	return all, ready
 }
 
 type endpoints struct{ client, publisher, token string }
@@ -156,7 +181,17 @@ func service(t *testing.T) endpoints {
 	return endpoints{client: "http://" + ip + ":8080/comet", publisher: "http://" + ip + ":8081", token: raw}
 }
 
-var httpClient = &http.Client{Timeout: 90 * time.Second}
+// httpClient opens a connection per request: a kept-alive one would stay
+// pinned, through the Service's connection tracking, to a pod that is going
+// away. Dials time out fast, so a retry reaches the new pod as soon as
+// kube-proxy has caught up (about a second after a pod change).
+var httpClient = &http.Client{
+	Timeout: 90 * time.Second,
+	Transport: &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		DisableKeepAlives: true,
+	},
+}
 
 func (e endpoints) publish(method, path, body string) (int, string, error) {
 	req, _ := http.NewRequest(method, e.publisher+path, strings.NewReader(body))
@@ -236,10 +271,15 @@ func (e endpoints) waitWaiting(t *testing.T, channel string, n int) {
 // metrics (through kubectl, as the publisher port is the pod's).
 func adminCommands(t *testing.T, e endpoints) map[string]int {
 	t.Helper()
-	_, body, err := e.publish("GET", "/metrics", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	var body string
+	eventually(t, "the pod's metrics", 30*time.Second, func() error {
+		code, b, err := e.publish("GET", "/metrics", "")
+		if err == nil && code != 200 {
+			err = fmt.Errorf("status %d", code)
+		}
+		body = b
+		return err
+	})
 	counts := map[string]int{}
 	re := regexp.MustCompile(`(?m)^comet_admin_commands_total\{command="(\w+)",result="ok"\} (\d+)$`)
 	for _, m := range re.FindAllStringSubmatch(body, -1) {
@@ -249,7 +289,26 @@ func adminCommands(t *testing.T, e endpoints) map[string]int {
 	return counts
 }
 
+// diagnose prints what a person would look at first when a step failed.
+func diagnose(t *testing.T) {
+	if !t.Failed() {
+		return
+	}
+	for _, args := range [][]string{
+		{"get", "pods", "-A", "-o", "wide"},
+		{"get", "events", "-A", "--sort-by=.lastTimestamp"},
+		{"-n", ns, "get", "cometserver", "news", "-o", "yaml"},
+		{"-n", ns, "logs", "-l", "app.kubernetes.io/instance=news", "--tail=40", "--all-containers", "--prefix"},
+		{"-n", ns, "logs", "-l", "app.kubernetes.io/instance=news", "--previous", "--tail=40", "--prefix"},
+		{"-n", opNS, "logs", "deployment/comet-comet-operator", "--tail=60"},
+	} {
+		out, _ := shErr(kubectlBin, args...)
+		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
+	}
+}
+
 func TestEndToEnd(t *testing.T) {
+	t.Cleanup(func() { diagnose(t) })
 	chart := repoRoot + "/charts/comet-operator"
 	// Each step builds on the ones before: stop at the first that fails.
 	step := func(name string, f func(t *testing.T)) {
@@ -278,14 +337,15 @@ func TestEndToEnd(t *testing.T) {
 
 	step("scale to 0 and back", func(t *testing.T) {
 		kubectl(t, "-n", ns, "scale", "comet/news", "--replicas=0")
-		eventually(t, "no pods", 2*time.Minute, func() error {
-			if p := readyPods(t); len(p) > 0 || jsonpath(t, "cometserver", "news", "{.status.replicas}") != "0" {
-				return fmt.Errorf("pods %v", p)
+		eventually(t, "no pods at all", 2*time.Minute, func() error {
+			if all, _ := pods(t); len(all) > 0 || jsonpath(t, "cometserver", "news", "{.status.replicas}") != "0" {
+				return fmt.Errorf("pods %v", all)
 			}
 			return nil
 		})
 		kubectl(t, "-n", ns, "scale", "comet/news", "--replicas=1")
 		waitConverged(t, "back to one pod")
+		waitSolePod(t, "")
 	})
 
 	e := service(t)
@@ -358,18 +418,12 @@ func TestEndToEnd(t *testing.T) {
 
 	var podBefore string
 	step("maxVirtualChannels rolls the pod and is enforced", func(t *testing.T) {
-		podBefore = readyPods(t)[0]
+		podBefore = waitSolePod(t, "")
 		patch(t, `{"maxVirtualChannels":2}`)
 		start := time.Now()
-		eventually(t, "a new pod", 3*time.Minute, func() error {
-			p := readyPods(t)
-			if len(p) != 1 || p[0] == podBefore {
-				return fmt.Errorf("pods %v", p)
-			}
-			return nil
-		})
+		waitSolePod(t, podBefore)
 		waitConverged(t, "after the rollout")
-		figure(t, "maxVirtualChannels change to the new pod ready: %s", time.Since(start).Round(time.Millisecond))
+		figure(t, "maxVirtualChannels change to the new pod ready and the old one gone: %s", time.Since(start).Round(time.Millisecond))
 		e = service(t)
 		var codes []int
 		for i := range 3 {
@@ -388,16 +442,9 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	step("a replacement pod comes up in the live state", func(t *testing.T) {
-		old := readyPods(t)[0]
+		old := waitSolePod(t, "")
 		kubectl(t, "-n", ns, "delete", "pod", old, "--wait=false")
-		eventually(t, "the replacement", 3*time.Minute, func() error {
-			p := readyPods(t)
-			if len(p) != 1 || p[0] == old {
-				return fmt.Errorf("pods %v", p)
-			}
-			return nil
-		})
-		pod := readyPods(t)[0]
+		pod := waitSolePod(t, old)
 		status := kubectl(t, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "status")
 		if !strings.Contains(status, `"activated":true`) || !strings.Contains(status, `"timeout":50,`) ||
 			!strings.Contains(status, `"max_virtual_channels":2`) {
@@ -408,19 +455,27 @@ func TestEndToEnd(t *testing.T) {
 
 	step("an operator restart sends no command again", func(t *testing.T) {
 		e = service(t)
-		var before map[string]int
-		eventually(t, "metrics", 30*time.Second, func() error { before = adminCommands(t, e); return nil })
+		before := adminCommands(t, e)
 		kubectl(t, "-n", opNS, "rollout", "restart", "deployment/comet-comet-operator")
 		kubectl(t, "-n", opNS, "rollout", "status", "deployment/comet-comet-operator", "--timeout=2m")
-		time.Sleep(15 * time.Second) // past the new operator's first pass and a resync period
-		after := adminCommands(t, e)
+		start := time.Now()
+		var after map[string]int
+		// The new operator checks every pod once it leads (it knows none):
+		// wait for that check, then compare.
+		eventually(t, "the new operator's first check of the pod", time.Minute, func() error {
+			after = adminCommands(t, e)
+			if after["status"] <= before["status"] {
+				return fmt.Errorf("status commands %d, %d before the restart", after["status"], before["status"])
+			}
+			return nil
+		})
+		figure(t, "operator restart to its first check of the pod: %s", time.Since(start).Round(time.Millisecond))
+		time.Sleep(2 * time.Second) // a push, if one wrongly followed, lands now
+		after = adminCommands(t, e)
 		for _, c := range []string{"activate", "deactivate", "set_timeout"} {
 			if after[c] != before[c] {
 				t.Fatalf("%s: %d before the restart, %d after", c, before[c], after[c])
 			}
-		}
-		if after["status"] <= before["status"] {
-			t.Fatal("the new operator never checked the pod: the test proves nothing")
 		}
 	})
 
