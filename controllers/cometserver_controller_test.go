@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +24,7 @@ import (
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
 	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/cometserver/cometclient"
 	"github.com/cometop/comet-operator/cometserver/config"
 	"github.com/cometop/comet-operator/cometserver/server"
 )
@@ -207,18 +207,15 @@ func (p *pod) status() admin.StatusReply {
 }
 
 // poll starts a long poll on the pod's server; its status code arrives
-// on the channel.
+// on the channel (-1 if the request failed).
 func (p *pod) poll(channel string) <-chan int {
 	c := make(chan int, 1)
 	go func() {
-		resp, err := http.Post("http://"+p.srv.ClientAddr()+"/comet", "application/x-ocsigen-comet", strings.NewReader("registration="+channel))
+		r, err := cometclient.Poll(context.Background(), http.DefaultClient, "http://"+p.srv.ClientAddr()+"/comet", channel)
 		if err != nil {
-			c <- -1
-			return
+			r.Status = -1
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		c <- resp.StatusCode
+		c <- r.Status
 	}()
 	return c
 }

@@ -6,9 +6,9 @@ package main_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/cometserver/cometclient"
 )
 
 var binary string
@@ -135,18 +136,16 @@ func (s *server) createChannel(name string) {
 	resp.Body.Close()
 }
 
-// poll starts a long poll; its status code arrives on the channel.
+// poll starts a long poll; its status code arrives on the channel (-1 if
+// the request failed).
 func (s *server) poll(ids string) <-chan int {
 	c := make(chan int, 1)
 	go func() {
-		resp, err := http.Post(s.client, "application/x-ocsigen-comet", strings.NewReader("registration="+ids))
+		r, err := cometclient.Poll(context.Background(), http.DefaultClient, s.client, ids)
 		if err != nil {
-			c <- -1
-			return
+			r.Status = -1
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		c <- resp.StatusCode
+		c <- r.Status
 	}()
 	return c
 }
