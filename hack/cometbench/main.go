@@ -1,0 +1,379 @@
+// Command cometbench is the load generator for the comet server: it runs
+// the server as its own process, spreads long-poll clients over worker
+// processes (each dialing from its own 127.0.0.x address), and measures
+// what a user compares push servers by.
+//
+//	cometbench hold   --clients 10000 --channels 100
+//	cometbench fanout --channels 100 --subscribers 100 --rates 100,200,400
+//
+// hold: memory per waiting request (the server's RSS over its idle
+// baseline) and CPU while holding. fanout: deliveries per second and
+// publish-to-read latency for each publish rate; the highest rate held with
+// p99 under 100 ms and no error is the sustained rate.
+//
+// It drives this project's server only for now; Nchan and Pushpin drivers
+// are to come (see the benchmark issue).
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/admin"
+)
+
+// perWorker keeps each worker well under the 20,000 open files a process
+// may hold here.
+const perWorker = 9000
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		if err := runWorker(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: cometbench hold|fanout [flags]")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	server := fs.String("cometserver", "", "cometserver binary (default: built from this checkout)")
+	clients := fs.Int("clients", 10000, "hold: waiting long polls")
+	channelCount := fs.Int("channels", 100, "channels the clients spread over")
+	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
+	rates := fs.String("rates", "50,100,200,400,800", "fanout: publishes per second, one step each")
+	step := fs.Duration("step", 5*time.Second, "fanout: length of each step")
+	fs.Parse(os.Args[2:])
+
+	var err error
+	switch os.Args[1] {
+	case "hold":
+		err = hold(*server, *clients, *channelCount, os.Stdout)
+	case "fanout":
+		err = fanout(*server, *channelCount, *subscribers, parseRates(*rates), *step, os.Stdout)
+	default:
+		err = fmt.Errorf("unknown scenario %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cometbench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseRates(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// target is a running comet server.
+type target struct {
+	cmd       *exec.Cmd
+	client    string // long-poll URL
+	publisher string
+	socket    string
+	dir       string
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startTarget(bin string) (*target, error) {
+	dir, err := os.MkdirTemp("", "cometbench")
+	if err != nil {
+		return nil, err
+	}
+	if bin == "" {
+		bin = filepath.Join(dir, "cometserver")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/cometop/comet-operator/cometserver/cmd/cometserver").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building cometserver: %v\n%s", err, out)
+		}
+	}
+	t := &target{socket: filepath.Join(dir, "admin.sock"), dir: dir}
+	listen, pub := freeAddr(), freeAddr()
+	t.client, t.publisher = "http://"+listen+"/comet", "http://"+pub
+	t.cmd = exec.Command(bin, "serve", "--listen", listen, "--publisher-listen", pub,
+		"--admin-socket", t.socket, "--timeout", "1h", "--log-level", "error", "--read-header-timeout", "60s")
+	t.cmd.Stderr = os.Stderr
+	if err := t.cmd.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if resp, err := http.Get(t.publisher + "/healthz"); err == nil {
+			resp.Body.Close()
+			return t, nil
+		}
+		if time.Now().After(deadline) {
+			t.stop()
+			return nil, fmt.Errorf("the server did not come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (t *target) stop() {
+	t.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { t.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.cmd.Process.Kill()
+		<-done
+	}
+	os.RemoveAll(t.dir)
+}
+
+func (t *target) channels(n int) ([]string, error) {
+	var ids []string
+	for i := range n {
+		name := fmt.Sprintf("bench-%d", i)
+		resp, err := http.Post(t.publisher+"/v1/channels", "application/json", strings.NewReader(`{"name":"`+name+`"}`))
+		if err != nil {
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return nil, fmt.Errorf("creating %s: %s", name, resp.Status)
+		}
+		ids = append(ids, name)
+	}
+	return ids, nil
+}
+
+// waitWaiting waits until the server holds n waiting requests.
+func (t *target) waitWaiting(n int) error {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		st, err := admin.Client{Path: t.socket}.Status()
+		if err == nil && st.Waiting >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d requests waiting after 3 minutes (%v)", st.Waiting, n, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// workers is the set of worker processes holding the clients.
+type workers struct {
+	procs []*exec.Cmd
+	ins   []io.WriteCloser
+	outs  []*bufio.Scanner
+}
+
+func startWorkers(url string, channels []string, clients int) (*workers, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	w := &workers{}
+	for i := 0; clients > 0; i++ {
+		n := min(clients, perWorker)
+		clients -= n
+		cmd := exec.Command(self, "worker")
+		cmd.Stderr = os.Stderr
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			w.stop()
+			return nil, err
+		}
+		j, _ := json.Marshal(job{URL: url, Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i)})
+		fmt.Fprintf(in, "%s\n", j)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<30)
+		w.procs, w.ins, w.outs = append(w.procs, cmd), append(w.ins, in), append(w.outs, sc)
+	}
+	return w, nil
+}
+
+// report asks every worker for its counts since the last report.
+func (w *workers) report() (report, error) {
+	var total report
+	for i, in := range w.ins {
+		fmt.Fprintln(in, "report")
+		if !w.outs[i].Scan() {
+			return total, fmt.Errorf("worker %d stopped: %v", i, w.outs[i].Err())
+		}
+		var r report
+		if err := json.Unmarshal(w.outs[i].Bytes(), &r); err != nil {
+			return total, err
+		}
+		total.Waiting += r.Waiting
+		total.Deliveries += r.Deliveries
+		total.Errors += r.Errors
+		total.Latencies = append(total.Latencies, r.Latencies...)
+	}
+	return total, nil
+}
+
+func (w *workers) stop() {
+	for _, in := range w.ins {
+		in.Close()
+	}
+	for _, p := range w.procs {
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			p.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func hold(bin string, clients, channelCount int, out io.Writer) error {
+	t, err := startTarget(bin)
+	if err != nil {
+		return err
+	}
+	defer t.stop()
+	channels, err := t.channels(channelCount)
+	if err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	idle := rssKiB(t.cmd.Process.Pid)
+	w, err := startWorkers(t.client, channels, clients)
+	if err != nil {
+		return err
+	}
+	defer w.stop()
+	if err := t.waitWaiting(clients); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	ticks0, at0 := cpuTicks(t.cmd.Process.Pid), time.Now()
+	time.Sleep(5 * time.Second)
+	cpu := float64(cpuTicks(t.cmd.Process.Pid)-ticks0) / 100 / time.Since(at0).Seconds() * 100
+	held := rssKiB(t.cmd.Process.Pid)
+	r, err := w.report()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(out, "| cometserver | %d | %d | %d KiB | %d KiB | %.1f KiB | %.1f%% | %d |\n",
+		clients, channelCount, idle, held, float64(held-idle)/float64(clients), cpu, r.Errors)
+	return nil
+}
+
+func fanout(bin string, channelCount, subscribers int, rates []int, step time.Duration, out io.Writer) error {
+	t, err := startTarget(bin)
+	if err != nil {
+		return err
+	}
+	defer t.stop()
+	channels, err := t.channels(channelCount)
+	if err != nil {
+		return err
+	}
+	w, err := startWorkers(t.client, channels, channelCount*subscribers)
+	if err != nil {
+		return err
+	}
+	defer w.stop()
+	if err := t.waitWaiting(channelCount * subscribers); err != nil {
+		return err
+	}
+	w.report() // start counting from here
+	fmt.Fprintf(out, "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU |\n|---|---|---|---|---|---|---|\n")
+	sustained := 0
+	for _, rate := range rates {
+		ticks0 := cpuTicks(t.cmd.Process.Pid)
+		publishErrors := publish(t.publisher, channels, rate, step)
+		cpu := float64(cpuTicks(t.cmd.Process.Pid)-ticks0) / 100 / step.Seconds() * 100
+		time.Sleep(500 * time.Millisecond) // let the last replies land
+		r, err := w.report()
+		if err != nil {
+			return err
+		}
+		p50, p99, mx := summarize(r.Latencies)
+		errs := r.Errors + publishErrors
+		perSec := float64(r.Deliveries) / step.Seconds()
+		fmt.Fprintf(out, "| %d | %.0f | %.1f ms | %.1f ms | %.1f ms | %d | %.0f%% |\n", rate, perSec, p50, p99, mx, errs, cpu)
+		if p99 < 100 && errs == 0 {
+			sustained = int(perSec)
+		}
+	}
+	fmt.Fprintf(out, "\nsustained deliveries/s (p99 under 100 ms, no error): %d\n", sustained)
+	return nil
+}
+
+// publish sends rate messages a second for d, round-robin over channels,
+// each carrying its publish time, from a pool of concurrent publishers
+// (a write waits for its outcome).
+func publish(publisher string, channels []string, rate int, d time.Duration) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	jobs := make(chan string, 1024)
+	var errs int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ch := range jobs {
+				body := strconv.FormatInt(time.Now().UnixNano(), 10)
+				resp, err := hc.Post(publisher+"/v1/channels/"+ch+"/messages", "text/plain", strings.NewReader(body))
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != http.StatusOK {
+					mu.Lock()
+					errs++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	sent, start := 0, time.Now()
+	for i := 0; ctx.Err() == nil; {
+		<-tick.C
+		due := int(float64(rate) * time.Since(start).Seconds())
+		for ; sent < due; sent++ {
+			select {
+			case jobs <- channels[i%len(channels)]:
+				i++
+			case <-ctx.Done():
+			}
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return errs
+}

@@ -1,0 +1,123 @@
+package main
+
+// A worker is a child process holding a share of the long polls: one
+// process holds at most ~19,900 connections here (a hard open-file limit
+// of 20,000), so the generator spreads its clients over several, each
+// dialing from its own 127.0.0.x address (28,000 ephemeral ports each).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/cometclient"
+)
+
+// job is what the parent asks a worker to do.
+type job struct {
+	URL      string   `json:"url"`      // the comet endpoint
+	Channels []string `json:"channels"` // client i polls Channels[i % len]
+	Clients  int      `json:"clients"`
+	Source   string   `json:"source"` // local address to dial from
+}
+
+// report is what a worker answers to "report": counts since the last one.
+type report struct {
+	Waiting    int64     `json:"waiting"` // polls sent and not answered
+	Deliveries int64     `json:"deliveries"`
+	Errors     int64     `json:"errors"`
+	Latencies  []float64 `json:"latencies_ms"` // publish to read, one per delivery
+}
+
+// runWorker reads a job on stdin, starts its clients, and answers each
+// "report" line with a JSON report until stdin closes.
+func runWorker() error {
+	in := bufio.NewScanner(os.Stdin)
+	if !in.Scan() {
+		return fmt.Errorf("worker: no job")
+	}
+	var j job
+	if err := json.Unmarshal(in.Bytes(), &j); err != nil {
+		return fmt.Errorf("worker: job: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(j.Source)}}
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext:         dialer.DialContext,
+		MaxIdleConnsPerHost: j.Clients,
+		MaxConnsPerHost:     0,
+		IdleConnTimeout:     time.Minute,
+	}}
+	var w worker
+	var wg sync.WaitGroup
+	for i := range j.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.client(ctx, hc, j.URL, j.Channels[i%len(j.Channels)])
+		}()
+	}
+	out := json.NewEncoder(os.Stdout)
+	for in.Scan() {
+		if in.Text() == "report" {
+			if err := out.Encode(w.take()); err != nil {
+				return err
+			}
+		}
+	}
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+type worker struct {
+	waiting, deliveries, errors atomic.Int64
+	mu                          sync.Mutex
+	latencies                   []float64
+}
+
+// client polls one channel until ctx ends, re-polling at once after each
+// reply, and records each message's delay from its publish time (the
+// payload is the publish time in Unix nanoseconds: one clock, one machine).
+func (w *worker) client(ctx context.Context, hc *http.Client, url, channel string) {
+	for ctx.Err() == nil {
+		w.waiting.Add(1)
+		r, err := cometclient.Poll(ctx, hc, url, channel)
+		w.waiting.Add(-1)
+		now := time.Now().UnixNano()
+		if err != nil || r.Status != http.StatusOK {
+			if ctx.Err() == nil {
+				w.errors.Add(1)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		for _, m := range r.Messages {
+			sent, err := strconv.ParseInt(string(m.Data), 10, 64)
+			if m.Ended || err != nil {
+				continue
+			}
+			w.deliveries.Add(1)
+			w.mu.Lock()
+			w.latencies = append(w.latencies, float64(now-sent)/1e6)
+			w.mu.Unlock()
+		}
+	}
+}
+
+func (w *worker) take() report {
+	w.mu.Lock()
+	lat := w.latencies
+	w.latencies = nil
+	w.mu.Unlock()
+	return report{Waiting: w.waiting.Load(), Deliveries: w.deliveries.Swap(0), Errors: w.errors.Swap(0), Latencies: lat}
+}
