@@ -3,16 +3,18 @@
 // processes (each dialing from its own 127.0.0.x address), and measures
 // what a user compares push servers by.
 //
-//	cometbench hold   --clients 10000 --channels 100
-//	cometbench fanout --channels 100 --subscribers 100 --rates 100,200,400
+//	cometbench hold   --servers comet,nchan --clients 10000 --channels 100
+//	cometbench fanout --servers comet,nchan --channels 100 --subscribers 100 --rates 100,200,400
 //
 // hold: memory per waiting request (the server's RSS over its idle
 // baseline) and CPU while holding. fanout: deliveries per second and
 // publish-to-read latency for each publish rate; the highest rate held with
 // p99 under 100 ms and no error is the sustained rate.
 //
-// It drives this project's server only for now; Nchan and Pushpin drivers
-// are to come (see the benchmark issue).
+// Servers: comet (this project's) and nchan (nginx with Nchan, from
+// Debian's nginx-light and libnginx-mod-nchan, configured by
+// peers/nchan.conf). Each scenario runs every server in turn, on the same
+// machine and the same work, one table row each. A Pushpin driver is to come.
 package main
 
 import (
@@ -53,6 +55,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	server := fs.String("cometserver", "", "cometserver binary (default: built from this checkout)")
+	servers := fs.String("servers", "comet", "servers to run, in turn: comet, nchan")
 	clients := fs.Int("clients", 10000, "hold: waiting long polls")
 	channelCount := fs.Int("channels", 100, "channels the clients spread over")
 	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
@@ -61,11 +64,21 @@ func main() {
 	fs.Parse(os.Args[2:])
 
 	var err error
+	names := strings.Split(*servers, ",")
 	switch os.Args[1] {
 	case "hold":
-		err = hold(*server, *clients, *channelCount, os.Stdout)
+		printHoldHeader(os.Stdout)
+		for _, name := range names {
+			if err = hold(name, *server, *clients, *channelCount, os.Stdout); err != nil {
+				break
+			}
+		}
 	case "fanout":
-		err = fanout(*server, *channelCount, *subscribers, parseRates(*rates), *step, os.Stdout)
+		for _, name := range names {
+			if err = fanout(name, *server, *channelCount, *subscribers, parseRates(*rates), *step, os.Stdout); err != nil {
+				break
+			}
+		}
 	default:
 		err = fmt.Errorf("unknown scenario %q", os.Args[1])
 	}
@@ -85,13 +98,62 @@ func parseRates(s string) []int {
 	return out
 }
 
-// target is a running comet server.
-type target struct {
+// server is a push server under test, running as its own process tree.
+type server interface {
+	Name() string
+	PID() int
+	Protocol() string // the workers' poller
+	URL() string      // what the workers poll
+	Channels(n int) ([]string, error)
+	Publish(hc *http.Client, channel, body string) error
+	Held() (int, error) // long polls the server holds now
+	Stop()
+}
+
+func startServer(name, cometBin string) (server, error) {
+	switch name {
+	case "comet":
+		return startComet(cometBin)
+	case "nchan":
+		return startNchan()
+	}
+	return nil, fmt.Errorf("unknown server %q (comet, nchan)", name)
+}
+
+// cometTarget is this project's server.
+type cometTarget struct {
 	cmd       *exec.Cmd
 	client    string // long-poll URL
 	publisher string
 	socket    string
 	dir       string
+}
+
+func (t *cometTarget) Name() string     { return "cometserver" }
+func (t *cometTarget) PID() int         { return t.cmd.Process.Pid }
+func (t *cometTarget) Protocol() string { return "comet" }
+func (t *cometTarget) URL() string      { return t.client }
+
+func (t *cometTarget) Held() (int, error) {
+	st, err := admin.Client{Path: t.socket}.Status()
+	return st.Waiting, err
+}
+
+func (t *cometTarget) Publish(hc *http.Client, channel, body string) error {
+	return post(hc, t.publisher+"/v1/channels/"+channel+"/messages", body, http.StatusOK)
+}
+
+func post(hc *http.Client, url, body string, want int) error {
+	resp, err := hc.Post(url, "text/plain", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
 }
 
 func freeAddr() string {
@@ -103,7 +165,7 @@ func freeAddr() string {
 	return ln.Addr().String()
 }
 
-func startTarget(bin string) (*target, error) {
+func startComet(bin string) (*cometTarget, error) {
 	dir, err := os.MkdirTemp("", "cometbench")
 	if err != nil {
 		return nil, err
@@ -114,7 +176,7 @@ func startTarget(bin string) (*target, error) {
 			return nil, fmt.Errorf("building cometserver: %v\n%s", err, out)
 		}
 	}
-	t := &target{socket: filepath.Join(dir, "admin.sock"), dir: dir}
+	t := &cometTarget{socket: filepath.Join(dir, "admin.sock"), dir: dir}
 	listen, pub := freeAddr(), freeAddr()
 	t.client, t.publisher = "http://"+listen+"/comet", "http://"+pub
 	t.cmd = exec.Command(bin, "serve", "--listen", listen, "--publisher-listen", pub,
@@ -123,34 +185,43 @@ func startTarget(bin string) (*target, error) {
 	if err := t.cmd.Start(); err != nil {
 		return nil, err
 	}
+	if err := waitUp(t.publisher + "/healthz"); err != nil {
+		t.Stop()
+		return nil, err
+	}
+	return t, nil
+}
+
+func waitUp(url string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if resp, err := http.Get(t.publisher + "/healthz"); err == nil {
+		if resp, err := http.Get(url); err == nil {
 			resp.Body.Close()
-			return t, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
-			t.stop()
-			return nil, fmt.Errorf("the server did not come up")
+			return fmt.Errorf("%s did not come up", url)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func (t *target) stop() {
-	t.cmd.Process.Signal(os.Interrupt)
+func (t *cometTarget) Stop() { stopProcess(t.cmd); os.RemoveAll(t.dir) }
+
+// stopProcess asks a server to stop and kills it after 15 seconds.
+func stopProcess(cmd *exec.Cmd) {
+	cmd.Process.Signal(os.Interrupt)
 	done := make(chan struct{})
-	go func() { t.cmd.Wait(); close(done) }()
+	go func() { cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(15 * time.Second):
-		t.cmd.Process.Kill()
+		cmd.Process.Kill()
 		<-done
 	}
-	os.RemoveAll(t.dir)
 }
 
-func (t *target) channels(n int) ([]string, error) {
+func (t *cometTarget) Channels(n int) ([]string, error) {
 	var ids []string
 	for i := range n {
 		name := fmt.Sprintf("bench-%d", i)
@@ -168,16 +239,16 @@ func (t *target) channels(n int) ([]string, error) {
 	return ids, nil
 }
 
-// waitWaiting waits until the server holds n waiting requests.
-func (t *target) waitWaiting(n int) error {
+// waitHeld waits until the server holds n long polls.
+func waitHeld(srv server, n int) error {
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		st, err := admin.Client{Path: t.socket}.Status()
-		if err == nil && st.Waiting >= n {
+		held, err := srv.Held()
+		if err == nil && held >= n {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d requests waiting after 3 minutes (%v)", st.Waiting, n, err)
+			return fmt.Errorf("%s holds %d of %d polls after 3 minutes (%v)", srv.Name(), held, n, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -190,7 +261,7 @@ type workers struct {
 	outs  []*bufio.Scanner
 }
 
-func startWorkers(url string, channels []string, clients int) (*workers, error) {
+func startWorkers(srv server, channels []string, clients int) (*workers, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -207,7 +278,7 @@ func startWorkers(url string, channels []string, clients int) (*workers, error) 
 			w.stop()
 			return nil, err
 		}
-		j, _ := json.Marshal(job{URL: url, Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i)})
+		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: srv.URL(), Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i)})
 		fmt.Fprintf(in, "%s\n", j)
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 1<<20), 1<<30)
@@ -252,66 +323,70 @@ func (w *workers) stop() {
 	}
 }
 
-func hold(bin string, clients, channelCount int, out io.Writer) error {
-	t, err := startTarget(bin)
+func printHoldHeader(out io.Writer) {
+	fmt.Fprintf(out, "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n")
+}
+
+func hold(name, cometBin string, clients, channelCount int, out io.Writer) error {
+	srv, err := startServer(name, cometBin)
 	if err != nil {
 		return err
 	}
-	defer t.stop()
-	channels, err := t.channels(channelCount)
+	defer srv.Stop()
+	channels, err := srv.Channels(channelCount)
 	if err != nil {
 		return err
 	}
 	time.Sleep(time.Second)
-	idle := rssKiB(t.cmd.Process.Pid)
-	w, err := startWorkers(t.client, channels, clients)
+	idle := rssKiB(srv.PID())
+	w, err := startWorkers(srv, channels, clients)
 	if err != nil {
 		return err
 	}
 	defer w.stop()
-	if err := t.waitWaiting(clients); err != nil {
+	if err := waitHeld(srv, clients); err != nil {
 		return err
 	}
 	time.Sleep(2 * time.Second)
-	ticks0, at0 := cpuTicks(t.cmd.Process.Pid), time.Now()
+	ticks0, at0 := cpuTicks(srv.PID()), time.Now()
 	time.Sleep(5 * time.Second)
-	cpu := float64(cpuTicks(t.cmd.Process.Pid)-ticks0) / 100 / time.Since(at0).Seconds() * 100
-	held := rssKiB(t.cmd.Process.Pid)
+	cpu := float64(cpuTicks(srv.PID())-ticks0) / 100 / time.Since(at0).Seconds() * 100
+	held := rssKiB(srv.PID())
 	r, err := w.report()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n")
-	fmt.Fprintf(out, "| cometserver | %d | %d | %d KiB | %d KiB | %.1f KiB | %.1f%% | %d |\n",
-		clients, channelCount, idle, held, float64(held-idle)/float64(clients), cpu, r.Errors)
+	fmt.Fprintf(out, "| %s | %d | %d | %d KiB | %d KiB | %.1f KiB | %.1f%% | %d |\n",
+		srv.Name(), clients, channelCount, idle, held, float64(held-idle)/float64(clients), cpu, r.Errors)
 	return nil
 }
 
-func fanout(bin string, channelCount, subscribers int, rates []int, step time.Duration, out io.Writer) error {
-	t, err := startTarget(bin)
+func fanout(name, cometBin string, channelCount, subscribers int, rates []int, step time.Duration, out io.Writer) error {
+	srv, err := startServer(name, cometBin)
 	if err != nil {
 		return err
 	}
-	defer t.stop()
-	channels, err := t.channels(channelCount)
+	defer srv.Stop()
+	channels, err := srv.Channels(channelCount)
 	if err != nil {
 		return err
 	}
-	w, err := startWorkers(t.client, channels, channelCount*subscribers)
+	w, err := startWorkers(srv, channels, channelCount*subscribers)
 	if err != nil {
 		return err
 	}
 	defer w.stop()
-	if err := t.waitWaiting(channelCount * subscribers); err != nil {
+	if err := waitHeld(srv, channelCount*subscribers); err != nil {
 		return err
 	}
 	w.report() // start counting from here
+	fmt.Fprintf(out, "\n%s, %d channels x %d waiting subscribers:\n\n", srv.Name(), channelCount, subscribers)
 	fmt.Fprintf(out, "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU |\n|---|---|---|---|---|---|---|\n")
 	sustained := 0
 	for _, rate := range rates {
-		ticks0 := cpuTicks(t.cmd.Process.Pid)
-		publishErrors := publish(t.publisher, channels, rate, step)
-		cpu := float64(cpuTicks(t.cmd.Process.Pid)-ticks0) / 100 / step.Seconds() * 100
+		ticks0 := cpuTicks(srv.PID())
+		publishErrors := publish(srv, channels, rate, step)
+		cpu := float64(cpuTicks(srv.PID())-ticks0) / 100 / step.Seconds() * 100
 		time.Sleep(500 * time.Millisecond) // let the last replies land
 		r, err := w.report()
 		if err != nil {
@@ -325,14 +400,14 @@ func fanout(bin string, channelCount, subscribers int, rates []int, step time.Du
 			sustained = int(perSec)
 		}
 	}
-	fmt.Fprintf(out, "\nsustained deliveries/s (p99 under 100 ms, no error): %d\n", sustained)
+	fmt.Fprintf(out, "\n%s sustained deliveries/s (p99 under 100 ms, no error): %d\n", srv.Name(), sustained)
 	return nil
 }
 
 // publish sends rate messages a second for d, round-robin over channels,
 // each carrying its publish time, from a pool of concurrent publishers
 // (a write waits for its outcome).
-func publish(publisher string, channels []string, rate int, d time.Duration) int64 {
+func publish(srv server, channels []string, rate int, d time.Duration) int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	jobs := make(chan string, 1024)
@@ -345,13 +420,7 @@ func publish(publisher string, channels []string, rate int, d time.Duration) int
 		go func() {
 			defer wg.Done()
 			for ch := range jobs {
-				body := strconv.FormatInt(time.Now().UnixNano(), 10)
-				resp, err := hc.Post(publisher+"/v1/channels/"+ch+"/messages", "text/plain", strings.NewReader(body))
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if err != nil || resp.StatusCode != http.StatusOK {
+				if err := srv.Publish(hc, ch, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
 					mu.Lock()
 					errs++
 					mu.Unlock()

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 // the generator, not a benchmark (make bench runs those).
 func TestSmoke(t *testing.T) {
 	var out bytes.Buffer
-	if err := hold("", 300, 10, &out); err != nil {
+	if err := hold("comet", "", 300, 10, &out); err != nil {
 		t.Fatal(err)
 	}
 	row := regexp.MustCompile(`\| cometserver \| 300 \| 10 \| \d+ KiB \| \d+ KiB \| ([\d.]+) KiB \| [\d.]+% \| 0 \|`)
@@ -38,7 +38,7 @@ func TestSmoke(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := fanout("", 5, 10, []int{20, 40}, time.Second, &out); err != nil {
+	if err := fanout("comet", "", 5, 10, []int{20, 40}, time.Second, &out); err != nil {
 		t.Fatal(err)
 	}
 	steps := regexp.MustCompile(`(?m)^\| (\d+) \| (\d+) \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms \| (\d+) \|`).FindAllStringSubmatch(out.String(), -1)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,7 +24,8 @@ import (
 
 // job is what the parent asks a worker to do.
 type job struct {
-	URL      string   `json:"url"`      // the comet endpoint
+	Protocol string   `json:"protocol"` // "comet" or "nchan"
+	URL      string   `json:"url"`      // the comet endpoint, or Nchan's base URL
 	Channels []string `json:"channels"` // client i polls Channels[i % len]
 	Clients  int      `json:"clients"`
 	Source   string   `json:"source"` // local address to dial from
@@ -63,7 +65,7 @@ func runWorker() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.client(ctx, hc, j.URL, j.Channels[i%len(j.Channels)])
+			w.client(ctx, newPoller(j.Protocol, hc, j.URL, j.Channels[i%len(j.Channels)]))
 		}()
 	}
 	out := json.NewEncoder(os.Stdout)
@@ -85,25 +87,83 @@ type worker struct {
 	latencies                   []float64
 }
 
-// client polls one channel until ctx ends, re-polling at once after each
-// reply, and records each message's delay from its publish time (the
-// payload is the publish time in Unix nanoseconds: one clock, one machine).
-func (w *worker) client(ctx context.Context, hc *http.Client, url, channel string) {
+// poller sends one long poll and returns the messages of its reply.
+type poller func(ctx context.Context) ([][]byte, error)
+
+func newPoller(protocol string, hc *http.Client, url, channel string) poller {
+	if protocol == "nchan" {
+		return nchanPoller(hc, url, channel)
+	}
+	return func(ctx context.Context) ([][]byte, error) {
+		r, err := cometclient.Poll(ctx, hc, url, channel)
+		if err != nil {
+			return nil, err
+		}
+		if r.Status != http.StatusOK {
+			return nil, fmt.Errorf("status %d", r.Status)
+		}
+		var msgs [][]byte
+		for _, m := range r.Messages {
+			if !m.Ended {
+				msgs = append(msgs, m.Data)
+			}
+		}
+		return msgs, nil
+	}
+}
+
+// nchanPoller is Nchan's long-poll subscriber: GET /sub/<channel>, then
+// again with the Last-Modified and Etag of the last reply, for the message
+// after it.
+func nchanPoller(hc *http.Client, base, channel string) poller {
+	var lastModified, etag string
+	return func(ctx context.Context) ([][]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/sub/"+channel, nil)
+		if err != nil {
+			return nil, err
+		}
+		if lastModified != "" {
+			req.Header.Set("If-Modified-Since", lastModified)
+			req.Header.Set("If-None-Match", etag)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		switch {
+		case err != nil:
+			return nil, err
+		case resp.StatusCode == http.StatusOK:
+			lastModified, etag = resp.Header.Get("Last-Modified"), resp.Header.Get("Etag")
+			return [][]byte{body}, nil
+		case resp.StatusCode == http.StatusNotModified || resp.StatusCode == http.StatusRequestTimeout:
+			return nil, nil // its timeout: poll again
+		}
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
+	}
+}
+
+// client polls until ctx ends, re-polling at once after each reply, and
+// records each message's delay from its publish time (the payload is the
+// publish time in Unix nanoseconds: one clock, one machine).
+func (w *worker) client(ctx context.Context, poll poller) {
 	for ctx.Err() == nil {
 		w.waiting.Add(1)
-		r, err := cometclient.Poll(ctx, hc, url, channel)
+		msgs, err := poll(ctx)
 		w.waiting.Add(-1)
 		now := time.Now().UnixNano()
-		if err != nil || r.Status != http.StatusOK {
+		if err != nil {
 			if ctx.Err() == nil {
 				w.errors.Add(1)
 				time.Sleep(100 * time.Millisecond)
 			}
 			continue
 		}
-		for _, m := range r.Messages {
-			sent, err := strconv.ParseInt(string(m.Data), 10, 64)
-			if m.Ended || err != nil {
+		for _, m := range msgs {
+			sent, err := strconv.ParseInt(string(m), 10, 64)
+			if err != nil {
 				continue
 			}
 			w.deliveries.Add(1)
