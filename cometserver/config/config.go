@@ -53,7 +53,8 @@ type Config struct {
 	ChannelIdleExpiry Duration `json:"channel_idle_expiry"`
 	ShutdownGrace     Duration `json:"shutdown_grace"`
 
-	Demo bool `json:"demo"`
+	Demo  bool `json:"demo"`
+	Pprof bool `json:"pprof"`
 
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
@@ -139,6 +140,7 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time to read request headers")
 	fs.Var(&c.ChannelIdleExpiry, "channel-idle-expiry", "close channels idle this long (0s: never)")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "time to drain on SIGTERM")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the publisher listener, behind its token")
 	fs.BoolVar(&c.Demo, "demo", c.Demo, "serve the demo page at / (binds to loopback unless --listen is set)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")

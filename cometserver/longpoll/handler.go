@@ -185,6 +185,9 @@ func (h *Handler) reply(w http.ResponseWriter, ids, ended []string, messages []c
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(h.o.WriteTimeout))
 	setReplyHeaders(w)
+	// With its length known the reply goes out in one write when flushed;
+	// without, net/http would chunk it and write the last chunk separately.
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	h.o.Metrics.Reply(http.StatusOK)
 	if _, err := w.Write(body); err != nil {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 
@@ -45,6 +46,8 @@ type Options struct {
 	Metrics         *metrics.Metrics
 	// Ready reports readiness for /readyz.
 	Ready func() bool
+	// Pprof serves Go's profiler at /debug/pprof/, behind the token.
+	Pprof bool
 }
 
 // ReadToken reads a bearer token from a file; surrounding whitespace,
@@ -77,6 +80,12 @@ func New(hub channels.Hub, o Options) http.Handler {
 	mux.Handle("/v1/channels/{id}/messages", a.auth(methods{http.MethodPost: a.write}))
 	if o.Metrics != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(o.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	if o.Pprof {
+		mux.Handle("/debug/pprof/", a.auth(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", a.auth(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/trace", a.auth(http.HandlerFunc(pprof.Trace)))
+		mux.Handle("/debug/pprof/symbol", a.auth(http.HandlerFunc(pprof.Symbol)))
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {

@@ -223,3 +223,25 @@ func TestWriteGivesUp(t *testing.T) {
 		t.Fatal("the write answered before its outcome was known")
 	}
 }
+
+func TestPprofIsOptInAndBehindTheToken(t *testing.T) {
+	off := newAPI(t, "", nil)
+	expectError(t, off.call("GET", "/debug/pprof/", ""), 404, CodeNotFound)
+
+	reg := channels.NewRegistry(channels.Options{})
+	defer reg.Stop()
+	srv := httptest.NewServer(New(reg, Options{Token: []byte("tok"), Pprof: true}))
+	defer srv.Close()
+	resp, _ := http.Get(srv.URL + "/debug/pprof/")
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("pprof without the token: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/debug/pprof/", nil)
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("pprof with the token: %v %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+}

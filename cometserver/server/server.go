@@ -98,6 +98,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		Metrics:         m,
 		Ready:           s.ready.Load,
+		Pprof:           cfg.Pprof,
 	}))
 
 	if s.clientLn, err = net.Listen("tcp", cfg.Listen); err != nil {

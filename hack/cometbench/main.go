@@ -37,6 +37,12 @@ import (
 	"github.com/cometop/comet-operator/cometserver/admin"
 )
 
+// profileFile and profileRate ask for a CPU profile of the comet server.
+var (
+	profileFile string
+	profileRate int
+)
+
 // perWorker keeps each worker well under the 20,000 open files a process
 // may hold here.
 const perWorker = 9000
@@ -61,6 +67,8 @@ func main() {
 	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
 	rates := fs.String("rates", "50,100,200,400,800", "fanout: publishes per second, one step each")
 	step := fs.Duration("step", 5*time.Second, "fanout: length of each step")
+	fs.StringVar(&profileFile, "profile", "", "fanout: write the comet server's CPU profile during one step to this file")
+	fs.IntVar(&profileRate, "profile-rate", 200, "fanout: the step (publishes/s) to profile")
 	fs.Parse(os.Args[2:])
 
 	var err error
@@ -134,6 +142,22 @@ func (t *cometTarget) PID() int         { return t.cmd.Process.Pid }
 func (t *cometTarget) Protocol() string { return "comet" }
 func (t *cometTarget) URL() string      { return t.client }
 
+// profile writes a CPU profile of d to profileFile.
+func (t *cometTarget) profile(d time.Duration) error {
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.publisher, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(profileFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
 func (t *cometTarget) Held() (int, error) {
 	st, err := admin.Client{Path: t.socket}.Status()
 	return st.Waiting, err
@@ -180,7 +204,8 @@ func startComet(bin string) (*cometTarget, error) {
 	listen, pub := freeAddr(), freeAddr()
 	t.client, t.publisher = "http://"+listen+"/comet", "http://"+pub
 	t.cmd = exec.Command(bin, "serve", "--listen", listen, "--publisher-listen", pub,
-		"--admin-socket", t.socket, "--timeout", "1h", "--log-level", "error", "--read-header-timeout", "60s")
+		"--admin-socket", t.socket, "--timeout", "1h", "--log-level", "error", "--read-header-timeout", "60s",
+		"--pprof="+strconv.FormatBool(profileFile != ""))
 	t.cmd.Stderr = os.Stderr
 	if err := t.cmd.Start(); err != nil {
 		return nil, err
@@ -385,7 +410,17 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 	sustained := 0
 	for _, rate := range rates {
 		ticks0 := cpuTicks(srv.PID())
+		var profiled chan error
+		if c, ok := srv.(*cometTarget); ok && profileFile != "" && rate == profileRate {
+			profiled = make(chan error, 1)
+			go func() { profiled <- c.profile(step - time.Second) }()
+		}
 		publishErrors := publish(srv, channels, rate, step)
+		if profiled != nil {
+			if err := <-profiled; err != nil {
+				return fmt.Errorf("profile: %w", err)
+			}
+		}
 		cpu := float64(cpuTicks(srv.PID())-ticks0) / 100 / step.Seconds() * 100
 		time.Sleep(500 * time.Millisecond) // let the last replies land
 		r, err := w.report()
