@@ -61,7 +61,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	server := fs.String("cometserver", "", "cometserver binary (default: built from this checkout)")
-	servers := fs.String("servers", "comet", "servers to run, in turn: comet, nchan")
+	servers := fs.String("servers", "comet", "servers to run, in turn: comet, nchan, pushpin")
 	clients := fs.Int("clients", 10000, "hold: waiting long polls")
 	channelCount := fs.Int("channels", 100, "channels the clients spread over")
 	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
@@ -124,8 +124,10 @@ func startServer(name, cometBin string) (server, error) {
 		return startComet(cometBin)
 	case "nchan":
 		return startNchan()
+	case "pushpin":
+		return startPushpin()
 	}
-	return nil, fmt.Errorf("unknown server %q (comet, nchan)", name)
+	return nil, fmt.Errorf("unknown server %q (comet, nchan, pushpin)", name)
 }
 
 // cometTarget is this project's server.
@@ -372,6 +374,7 @@ func hold(name, cometBin string, clients, channelCount int, out io.Writer) error
 	if err := waitHeld(srv, clients); err != nil {
 		return err
 	}
+	w.report() // count errors from here: a server may refuse polls while it starts
 	time.Sleep(2 * time.Second)
 	ticks0, at0 := cpuTicks(srv.PID()), time.Now()
 	time.Sleep(5 * time.Second)

@@ -24,7 +24,7 @@ import (
 
 // job is what the parent asks a worker to do.
 type job struct {
-	Protocol string   `json:"protocol"` // "comet" or "nchan"
+	Protocol string   `json:"protocol"` // "comet", "nchan" or "pushpin"
 	URL      string   `json:"url"`      // the comet endpoint, or Nchan's base URL
 	Channels []string `json:"channels"` // client i polls Channels[i % len]
 	Clients  int      `json:"clients"`
@@ -91,8 +91,11 @@ type worker struct {
 type poller func(ctx context.Context) ([][]byte, error)
 
 func newPoller(protocol string, hc *http.Client, url, channel string) poller {
-	if protocol == "nchan" {
+	switch protocol {
+	case "nchan":
 		return nchanPoller(hc, url, channel)
+	case "pushpin":
+		return pushpinPoller(hc, url, channel)
 	}
 	return func(ctx context.Context) ([][]byte, error) {
 		r, err := cometclient.Poll(ctx, hc, url, channel)
@@ -142,6 +145,32 @@ func nchanPoller(hc *http.Client, base, channel string) poller {
 			return nil, nil // its timeout: poll again
 		}
 		return nil, fmt.Errorf("status %d", resp.StatusCode)
+	}
+}
+
+// pushpinPoller is a plain long poll through Pushpin: GET /sub/<channel>,
+// held by the origin's GRIP instruction until a publish answers it.
+func pushpinPoller(hc *http.Client, base, channel string) poller {
+	return func(ctx context.Context) ([][]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/sub/"+channel, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		switch {
+		case err != nil:
+			return nil, err
+		case resp.StatusCode != http.StatusOK:
+			return nil, fmt.Errorf("status %d", resp.StatusCode)
+		case len(body) == 0:
+			return nil, nil // the hold timed out
+		}
+		return [][]byte{body}, nil
 	}
 }
 
