@@ -67,7 +67,7 @@ func main() {
 	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
 	rates := fs.String("rates", "50,100,200,400,800", "fanout: publishes per second, one step each")
 	step := fs.Duration("step", 5*time.Second, "fanout: length of each step")
-	fs.StringVar(&profileFile, "profile", "", "fanout: write the comet server's CPU profile during one step to this file")
+	fs.StringVar(&profileFile, "profile", "", "comet server profile to write: CPU during one fanout step, heap while holding")
 	fs.IntVar(&profileRate, "profile-rate", 200, "fanout: the step (publishes/s) to profile")
 	fs.Parse(os.Args[2:])
 
@@ -146,12 +146,17 @@ func (t *cometTarget) URL() string      { return t.client }
 
 // profile writes a CPU profile of d to profileFile.
 func (t *cometTarget) profile(d time.Duration) error {
-	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.publisher, int(d.Seconds())))
+	return t.fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), profileFile)
+}
+
+// fetch saves what the server's publisher listener serves at path.
+func (t *cometTarget) fetch(path, file string) error {
+	resp, err := http.Get(t.publisher + path)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	f, err := os.Create(profileFile)
+	f, err := os.Create(file)
 	if err != nil {
 		return err
 	}
@@ -380,6 +385,14 @@ func hold(name, cometBin string, clients, channelCount int, out io.Writer) error
 	time.Sleep(5 * time.Second)
 	cpu := float64(cpuTicks(srv.PID())-ticks0) / 100 / time.Since(at0).Seconds() * 100
 	held := rssKiB(srv.PID())
+	if c, ok := srv.(*cometTarget); ok && profileFile != "" {
+		if err := c.fetch("/debug/pprof/heap", profileFile); err != nil {
+			return fmt.Errorf("heap profile: %w", err)
+		}
+		if err := c.fetch("/metrics", profileFile+".metrics"); err != nil { // stacks, goroutines
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
 	r, err := w.report()
 	if err != nil {
 		return err
