@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,17 +175,27 @@ func (t *cometTarget) Publish(hc *http.Client, channel, body string) error {
 	return post(hc, t.publisher+"/v1/channels/"+channel+"/messages", body, http.StatusOK)
 }
 
-func post(hc *http.Client, url, body string, want int) error {
+// post sends body and expects one of the want statuses.
+func post(hc *http.Client, url, body string, want ...int) error {
 	resp, err := hc.Post(url, "text/plain", strings.NewReader(body))
 	if err != nil {
 		return err
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != want {
+	if !slices.Contains(want, resp.StatusCode) {
 		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return nil
+}
+
+// channelNames are the channels every scenario uses.
+func channelNames(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("bench-%d", i)
+	}
+	return ids
 }
 
 func freeAddr() string {
@@ -254,19 +265,11 @@ func stopProcess(cmd *exec.Cmd) {
 }
 
 func (t *cometTarget) Channels(n int) ([]string, error) {
-	var ids []string
-	for i := range n {
-		name := fmt.Sprintf("bench-%d", i)
-		resp, err := http.Post(t.publisher+"/v1/channels", "application/json", strings.NewReader(`{"name":"`+name+`"}`))
-		if err != nil {
+	ids := channelNames(n)
+	for _, id := range ids {
+		if err := post(http.DefaultClient, t.publisher+"/v1/channels", `{"name":"`+id+`"}`, http.StatusCreated); err != nil {
 			return nil, err
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			return nil, fmt.Errorf("creating %s: %s", name, resp.Status)
-		}
-		ids = append(ids, name)
 	}
 	return ids, nil
 }
@@ -359,27 +362,53 @@ func printHoldHeader(out io.Writer) {
 	fmt.Fprintf(out, "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n")
 }
 
-func hold(name, cometBin string, clients, channelCount int, out io.Writer) error {
+// run is one scenario's server with its clients all waiting.
+type run struct {
+	srv      server
+	channels []string
+	w        *workers
+	idle     int64 // the server's RSS before any client, in KiB
+}
+
+// setUp starts a server, makes its channels, and waits until clients long
+// polls spread over them are held. Its counts start from there: a server
+// may refuse polls while it starts. The caller must tearDown.
+func setUp(name, cometBin string, channelCount, clients int) (*run, error) {
 	srv, err := startServer(name, cometBin)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer srv.Stop()
 	channels, err := srv.Channels(channelCount)
 	if err != nil {
-		return err
+		srv.Stop()
+		return nil, err
 	}
 	time.Sleep(time.Second)
-	idle := rssKiB(srv.PID())
-	w, err := startWorkers(srv, channels, clients)
+	r := &run{srv: srv, channels: channels, idle: rssKiB(srv.PID())}
+	if r.w, err = startWorkers(srv, channels, clients); err != nil {
+		srv.Stop()
+		return nil, err
+	}
+	if err := waitHeld(srv, clients); err != nil {
+		r.tearDown()
+		return nil, err
+	}
+	r.w.report()
+	return r, nil
+}
+
+func (r *run) tearDown() {
+	r.w.stop()
+	r.srv.Stop()
+}
+
+func hold(name, cometBin string, clients, channelCount int, out io.Writer) error {
+	run, err := setUp(name, cometBin, channelCount, clients)
 	if err != nil {
 		return err
 	}
-	defer w.stop()
-	if err := waitHeld(srv, clients); err != nil {
-		return err
-	}
-	w.report() // count errors from here: a server may refuse polls while it starts
+	defer run.tearDown()
+	srv, w, idle := run.srv, run.w, run.idle
 	time.Sleep(2 * time.Second)
 	ticks0, at0 := cpuTicks(srv.PID()), time.Now()
 	time.Sleep(5 * time.Second)
@@ -403,24 +432,12 @@ func hold(name, cometBin string, clients, channelCount int, out io.Writer) error
 }
 
 func fanout(name, cometBin string, channelCount, subscribers int, rates []int, step time.Duration, out io.Writer) error {
-	srv, err := startServer(name, cometBin)
+	run, err := setUp(name, cometBin, channelCount, channelCount*subscribers)
 	if err != nil {
 		return err
 	}
-	defer srv.Stop()
-	channels, err := srv.Channels(channelCount)
-	if err != nil {
-		return err
-	}
-	w, err := startWorkers(srv, channels, channelCount*subscribers)
-	if err != nil {
-		return err
-	}
-	defer w.stop()
-	if err := waitHeld(srv, channelCount*subscribers); err != nil {
-		return err
-	}
-	w.report() // start counting from here
+	defer run.tearDown()
+	srv, w, channels := run.srv, run.w, run.channels
 	fmt.Fprintf(out, "\n%s, %d channels x %d waiting subscribers:\n\n", srv.Name(), channelCount, subscribers)
 	fmt.Fprintf(out, "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU |\n|---|---|---|---|---|---|---|\n")
 	sustained := 0

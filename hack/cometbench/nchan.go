@@ -57,25 +57,10 @@ func (t *nchanTarget) URL() string      { return t.base }
 func (t *nchanTarget) Stop()            { stopProcess(t.cmd); os.RemoveAll(t.dir) }
 
 // Channels names them: Nchan makes a channel on its first use.
-func (t *nchanTarget) Channels(n int) ([]string, error) {
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("bench-%d", i)
-	}
-	return ids, nil
-}
+func (t *nchanTarget) Channels(n int) ([]string, error) { return channelNames(n), nil }
 
 func (t *nchanTarget) Publish(hc *http.Client, channel, body string) error {
-	resp, err := hc.Post(t.base+"/pub/"+channel, "text/plain", strings.NewReader(body))
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("nchan publish: %s", resp.Status)
-	}
-	return nil
+	return post(hc, t.base+"/pub/"+channel, body, http.StatusCreated, http.StatusAccepted)
 }
 
 var subscribers = regexp.MustCompile(`(?m)^subscribers: (\d+)$`)

@@ -121,13 +121,7 @@ func (t *pushpinTarget) Stop() {
 	os.RemoveAll(t.dir)
 }
 
-func (t *pushpinTarget) Channels(n int) ([]string, error) {
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("bench-%d", i)
-	}
-	return ids, nil
-}
+func (t *pushpinTarget) Channels(n int) ([]string, error) { return channelNames(n), nil }
 
 // Held counts the polls the origin told Pushpin to hold: before any
 // publish, one per waiting client.

@@ -115,36 +115,46 @@ func newPoller(protocol string, hc *http.Client, url, channel string) poller {
 	}
 }
 
+// get sends one GET with headers and returns the reply's status, headers
+// and body.
+func get(ctx context.Context, hc *http.Client, url string, headers map[string]string) (int, http.Header, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, body, err
+}
+
 // nchanPoller is Nchan's long-poll subscriber: GET /sub/<channel>, then
 // again with the Last-Modified and Etag of the last reply, for the message
 // after it.
 func nchanPoller(hc *http.Client, base, channel string) poller {
 	var lastModified, etag string
 	return func(ctx context.Context) ([][]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/sub/"+channel, nil)
-		if err != nil {
-			return nil, err
-		}
+		var headers map[string]string
 		if lastModified != "" {
-			req.Header.Set("If-Modified-Since", lastModified)
-			req.Header.Set("If-None-Match", etag)
+			headers = map[string]string{"If-Modified-Since": lastModified, "If-None-Match": etag}
 		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
+		status, h, body, err := get(ctx, hc, base+"/sub/"+channel, headers)
 		switch {
 		case err != nil:
 			return nil, err
-		case resp.StatusCode == http.StatusOK:
-			lastModified, etag = resp.Header.Get("Last-Modified"), resp.Header.Get("Etag")
+		case status == http.StatusOK:
+			lastModified, etag = h.Get("Last-Modified"), h.Get("Etag")
 			return [][]byte{body}, nil
-		case resp.StatusCode == http.StatusNotModified || resp.StatusCode == http.StatusRequestTimeout:
+		case status == http.StatusNotModified || status == http.StatusRequestTimeout:
 			return nil, nil // its timeout: poll again
 		}
-		return nil, fmt.Errorf("status %d", resp.StatusCode)
+		return nil, fmt.Errorf("status %d", status)
 	}
 }
 
@@ -152,21 +162,12 @@ func nchanPoller(hc *http.Client, base, channel string) poller {
 // held by the origin's GRIP instruction until a publish answers it.
 func pushpinPoller(hc *http.Client, base, channel string) poller {
 	return func(ctx context.Context) ([][]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/sub/"+channel, nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
+		status, _, body, err := get(ctx, hc, base+"/sub/"+channel, nil)
 		switch {
 		case err != nil:
 			return nil, err
-		case resp.StatusCode != http.StatusOK:
-			return nil, fmt.Errorf("status %d", resp.StatusCode)
+		case status != http.StatusOK:
+			return nil, fmt.Errorf("status %d", status)
 		case len(body) == 0:
 			return nil, nil // the hold timed out
 		}
