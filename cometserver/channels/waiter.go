@@ -22,6 +22,7 @@ type Waiter struct {
 	detached bool
 	subs     []*channel
 	ready    chan struct{} // gets a token when the first event arrives
+	onReady  func()        // called, outside the lock, when the first event arrives
 	inline   [1]Event      // most replies carry one event: no allocation for it in a broadcast
 }
 
@@ -37,16 +38,37 @@ func (w *Waiter) Ready() <-chan struct{} { return w.ready }
 // Subscribed reports whether the waiter listens on any live channel.
 func (w *Waiter) Subscribed() bool { return len(w.subs) > 0 }
 
+// OnReady arranges for f to be called when the first event is pending, or
+// at once if one already is. It is for a waiter that cannot select on
+// Ready, such as a connection parked in a read; f must not block.
+func (w *Waiter) OnReady(f func()) {
+	w.mu.Lock()
+	pending := len(w.events) > 0
+	if !pending {
+		w.onReady = f
+	}
+	w.mu.Unlock()
+	if pending {
+		f()
+	}
+}
+
 // push hands ev to the waiter unless it has detached.
 func (w *Waiter) push(ev Event) bool {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.detached {
+		w.mu.Unlock()
 		return false
 	}
 	w.events = append(w.events, ev)
+	var notify func()
 	if len(w.events) == 1 {
 		w.ready <- struct{}{}
+		notify = w.onReady
+	}
+	w.mu.Unlock()
+	if notify != nil {
+		notify()
 	}
 	return true
 }
@@ -57,7 +79,7 @@ func (w *Waiter) push(ev Event) bool {
 func (w *Waiter) Detach() []Event {
 	w.mu.Lock()
 	events, subs := w.events, w.subs
-	w.events, w.subs, w.detached = nil, nil, true
+	w.events, w.subs, w.detached, w.onReady = nil, nil, true, nil
 	w.mu.Unlock()
 	for _, c := range subs {
 		c.removeListener(w)

@@ -24,7 +24,9 @@ func BenchmarkHTTPBroadcast(b *testing.B) {
 	defer reg.Stop()
 	reg.Create("c")
 	h := New(reg, security.New(true, time.Hour), Options{})
-	srv := httptest.NewServer(h)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = h.Listener(srv.Listener) // as in production
+	srv.Start()
 	defer srv.Close()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: n}}
 

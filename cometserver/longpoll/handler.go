@@ -5,12 +5,15 @@ package longpoll
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,8 +34,15 @@ type Options struct {
 	CORSOrigins  []string      // allowed origins; "*" allows any
 	ReadTimeout  time.Duration // to read a request body (default 10s)
 	WriteTimeout time.Duration // to write and flush a reply (default 10s)
-	Logger       *slog.Logger
-	Metrics      *metrics.Metrics
+
+	// For connections taken over (see Listener), the limits the
+	// http.Server would otherwise enforce.
+	ReadHeaderTimeout time.Duration // to read a request head (default 10s)
+	MaxHeaderBytes    int           // request head size (default http.DefaultMaxHeaderBytes)
+	IdleTimeout       time.Duration // between two requests (default 2m)
+
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 // Handler is the client endpoint.
@@ -41,6 +51,12 @@ type Handler struct {
 	state   *security.State
 	o       Options
 	waiting atomic.Int64
+
+	// Connections taken over from net/http (takeover.go).
+	mu       sync.Mutex
+	handback func(net.Conn) bool // nil until Listener is called
+	parked   map[*parked]struct{}
+	closing  atomic.Bool
 }
 
 // New returns a Handler serving hub under state.
@@ -57,17 +73,26 @@ func New(hub channels.Hub, state *security.State, o Options) *Handler {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = http.DefaultMaxHeaderBytes
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 2 * time.Minute
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{hub: hub, state: state, o: o}
+	return &Handler{hub: hub, state: state, o: o, parked: make(map[*parked]struct{})}
 }
 
 // Waiting is the number of requests waiting now.
 func (h *Handler) Waiting() int { return int(h.waiting.Load()) }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.allowOrigin(w, r)
+	h.allowOrigin(w.Header(), r)
 	switch r.Method {
 	case http.MethodPost:
 	case http.MethodOptions:
@@ -84,94 +109,101 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 1. Read and decode the registration.
-	ids, code, err := h.readRegistration(w, r)
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(h.o.ReadTimeout)) // not every ResponseWriter supports deadlines
+	ids, code, err := h.readRegistration(r.ContentLength, r.Body)
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		h.fail(w, code, err.Error())
 		return
 	}
 
 	// 2. Admission: activation, shutdown, and the cap on waiting requests.
-	timeout, abort, err := h.state.Admit()
-	if err != nil {
-		h.fail(w, http.StatusServiceUnavailable, "")
+	// 3. Listen on the live channels; answer at once if there is none.
+	p, status := h.admit(ids)
+	switch {
+	case status != 0:
+		h.fail(w, status, "")
+		return
+	case p.waiter == nil:
+		body, _ := h.answer(p)
+		h.reply(w, body)
 		return
 	}
-	if n := h.waiting.Add(1); h.o.MaxWaiting > 0 && n > int64(h.o.MaxWaiting) {
-		h.waiting.Add(-1)
-		h.fail(w, http.StatusServiceUnavailable, "")
+
+	// 4. Wait for something to say: on a connection of its own if it can
+	// be taken over (takeover.go), here otherwise.
+	if h.takeOver(w, r, p) {
 		return
 	}
 	defer h.waiting.Add(-1)
-
-	// 3. Listen on the live channels; answer at once if there is none.
-	waiter, ended := h.hub.Subscribe(ids)
-	if !waiter.Subscribed() {
-		h.reply(w, ids, ended, nil)
-		return
-	}
-
-	// 4. Wait for something to say.
-	timer := time.NewTimer(timeout)
+	timer := time.NewTimer(time.Until(p.deadline))
 	defer timer.Stop()
 	select {
-	case <-waiter.Ready():
+	case <-p.waiter.Ready():
 	case <-timer.C:
-	case <-abort: // deactivate, set_timeout KILL, or shutdown
-		channels.Resolve(waiter.Detach(), false)
+	case <-p.abort: // deactivate, set_timeout KILL, or shutdown
+		channels.Resolve(p.waiter.Detach(), false)
 		h.fail(w, http.StatusServiceUnavailable, "")
 		return
 	case <-r.Context().Done(): // the client hung up: nothing to write
-		channels.Resolve(waiter.Detach(), false)
+		channels.Resolve(p.waiter.Detach(), false)
 		return
 	}
 
 	// 5. Stop listening and answer with everything gathered meanwhile.
-	events := waiter.Detach()
-	var messages []channels.Event
-	for _, ev := range events {
-		if ev.Ended {
-			ended = append(ended, ev.ID)
-		} else {
-			messages = append(messages, ev)
+	body, messages := h.answer(p)
+	channels.Resolve(messages, h.reply(w, body))
+}
+
+// poll is a registration admitted to wait.
+type poll struct {
+	ids, ended []string
+	waiter     *channels.Waiter // nil: nothing to wait for, answer at once
+	deadline   time.Time
+	abort      <-chan struct{} // closes when the poll must be answered 503
+}
+
+// admit applies activation, shutdown and the cap on waiting requests to a
+// registration, then subscribes it. A non-zero status refuses it. While
+// its waiter is set, a poll counts as waiting until its waiter says done.
+func (h *Handler) admit(ids []string) (*poll, int) {
+	timeout, abort, err := h.state.Admit()
+	if err != nil {
+		return nil, http.StatusServiceUnavailable
+	}
+	if n := h.waiting.Add(1); h.o.MaxWaiting > 0 && n > int64(h.o.MaxWaiting) {
+		h.waiting.Add(-1)
+		return nil, http.StatusServiceUnavailable
+	}
+	p := &poll{ids: ids, deadline: time.Now().Add(timeout), abort: abort}
+	w, ended := h.hub.Subscribe(ids)
+	p.ended = ended
+	if w.Subscribed() {
+		p.waiter = w
+	} else {
+		h.waiting.Add(-1)
+	}
+	return p, 0
+}
+
+// answer stops p listening and returns its reply: the ended identifiers
+// (in registration order) then the messages (in write order). The caller
+// must Resolve the messages with the fate of the reply.
+func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
+	ended := p.ended
+	if p.waiter != nil {
+		for _, ev := range p.waiter.Detach() {
+			if ev.Ended {
+				ended = append(ended, ev.ID)
+			} else {
+				messages = append(messages, ev)
+			}
 		}
 	}
-	channels.Resolve(messages, h.reply(w, ids, ended, messages))
-}
-
-// readRegistration reads the body within the size and time limits and
-// returns its identifiers, or the status code and reason to refuse it with.
-func (h *Handler) readRegistration(w http.ResponseWriter, r *http.Request) ([]string, int, error) {
-	if r.ContentLength > h.o.MaxBodyBytes {
-		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(h.o.MaxBodyBytes)
-	}
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(h.o.ReadTimeout)) // not every ResponseWriter supports deadlines
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.o.MaxBodyBytes))
-	_ = rc.SetReadDeadline(time.Time{})
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(h.o.MaxBodyBytes)
-	case err != nil:
-		return nil, http.StatusBadRequest, errors.New("cannot read body: " + err.Error())
-	}
-	ids, err := wire.ParseRegistration(body, h.o.MaxIDs)
-	if err != nil {
-		return nil, http.StatusBadRequest, err
-	}
-	return ids, 0, nil
-}
-
-func errBodyTooLarge(max int64) error {
-	return errors.New("body too large: at most " + strconv.FormatInt(max, 10) + " bytes")
-}
-
-// reply writes a 200 with the ended identifiers (in registration order)
-// then the messages (in write order), and reports whether it was flushed.
-func (h *Handler) reply(w http.ResponseWriter, ids, ended []string, messages []channels.Event) bool {
 	lines := make([]wire.Line, 0, len(ended)+len(messages))
 	if len(ended) > 0 {
-		for _, id := range ids {
+		for _, id := range p.ids {
 			if slices.Contains(ended, id) {
 				lines = append(lines, wire.Line{ID: id, Ended: true})
 			}
@@ -180,8 +212,44 @@ func (h *Handler) reply(w http.ResponseWriter, ids, ended []string, messages []c
 	for _, m := range messages {
 		lines = append(lines, wire.Line{ID: m.ID, Payload: m.Payload})
 	}
-	body := wire.AppendReply(nil, lines)
+	return wire.AppendReply(nil, lines), messages
+}
 
+// errUnreadable marks a body that could not be read to its end.
+var errUnreadable = errors.New("cannot read body")
+
+// readRegistration reads a body of the declared length (-1: unknown)
+// within the size limit and returns its identifiers, or the status code
+// and reason to refuse it with.
+func (h *Handler) readRegistration(length int64, body io.Reader) ([]string, int, error) {
+	max := h.o.MaxBodyBytes
+	if length > max {
+		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
+	}
+	b, err := io.ReadAll(io.LimitReader(body, max+1))
+	switch {
+	case err != nil:
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: %v", errUnreadable, err)
+	case int64(len(b)) > max:
+		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
+	}
+	ids, err := wire.ParseRegistration(b, h.o.MaxIDs)
+	if err != nil {
+		return nil, http.StatusBadRequest, err
+	}
+	return ids, 0, nil
+}
+
+// draining reports whether the server is shutting down, when replies
+// close their connection.
+func (h *Handler) draining() bool { return h.state.Snapshot().Draining || h.closing.Load() }
+
+func errBodyTooLarge(max int64) error {
+	return errors.New("body too large: at most " + strconv.FormatInt(max, 10) + " bytes")
+}
+
+// reply writes a 200 with body and reports whether it was flushed.
+func (h *Handler) reply(w http.ResponseWriter, body []byte) bool {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(h.o.WriteTimeout))
 	setReplyHeaders(w)
@@ -204,7 +272,12 @@ func (h *Handler) fail(w http.ResponseWriter, status int, reason string) {
 	if reason != "" {
 		io.WriteString(w, oneLine(reason))
 	}
-	if status != http.StatusServiceUnavailable {
+	h.refused(status, reason)
+}
+
+// refused logs a refusal; 503s are routine and not logged.
+func (h *Handler) refused(status int, reason string) {
+	if status != http.StatusServiceUnavailable && status != http.StatusOK {
 		h.o.Logger.Debug("comet request refused", "status", status, "reason", reason)
 	}
 }
@@ -215,14 +288,14 @@ func setReplyHeaders(w http.ResponseWriter) {
 }
 
 // allowOrigin sets the CORS headers when the request's Origin is allowed.
-func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) allowOrigin(hdr http.Header, r *http.Request) {
 	origin := r.Header.Get("Origin")
 	if origin == "" || len(h.o.CORSOrigins) == 0 {
 		return
 	}
-	w.Header().Add("Vary", "Origin")
+	hdr.Add("Vary", "Origin")
 	if slices.Contains(h.o.CORSOrigins, origin) || slices.Contains(h.o.CORSOrigins, "*") {
-		w.Header().Set("Access-Control-Allow-Origin", origin)
+		hdr.Set("Access-Control-Allow-Origin", origin)
 	}
 }
 

@@ -52,6 +52,14 @@ func (s *State) Admit() (timeout time.Duration, abort <-chan struct{}, err error
 	return s.timeout, s.abort, nil
 }
 
+// Aborted returns the channel that closes when the requests admitted until
+// now must be answered 503: for code that watches on their behalf.
+func (s *State) Aborted() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.abort
+}
+
 // Activate resumes comet activity; it does nothing if already active.
 func (s *State) Activate() {
 	s.mu.Lock()

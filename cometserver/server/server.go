@@ -80,8 +80,13 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		MaxIDs:       cfg.MaxIDs,
 		MaxWaiting:   cfg.MaxWaiting,
 		CORSOrigins:  cfg.CORSOrigins,
-		Logger:       log,
-		Metrics:      m,
+		// The same limits as the http.Server below, for the connections
+		// the handler takes over from it.
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout.Duration,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		IdleTimeout:       idleTimeout,
+		Logger:            log,
+		Metrics:           m,
 	})
 	mux := http.NewServeMux()
 	mux.Handle(cfg.Path, s.poll)
@@ -104,6 +109,9 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	if s.clientLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
+	// Waiting polls leave net/http for a connection of their own, which
+	// goes back to it for any other request.
+	s.clientLn = s.poll.Listener(s.clientLn)
 	if s.publisherLn, err = net.Listen("tcp", cfg.PublisherListen); err != nil {
 		return nil, fmt.Errorf("publisher_listen: %w", err)
 	}
@@ -119,12 +127,15 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	return s, nil
 }
 
+// idleTimeout is how long a kept-alive connection may sit between requests.
+const idleTimeout = 2 * time.Minute
+
 func (s *Server) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout.Duration,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       idleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		// No WriteTimeout: a long poll outlives any fixed one. The client
 		// handler sets a write deadline on each reply instead.
@@ -194,6 +205,7 @@ func (s *Server) shutdown() error {
 		errs = append(errs, fmt.Errorf("client endpoint: %w", err))
 		s.client.Close()
 	}
+	s.poll.Shutdown(ctx) // the connections it took over from s.client
 	if err := s.publisher.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("publisher API: %w", err))
 		s.publisher.Close()

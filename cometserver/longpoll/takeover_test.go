@@ -1,0 +1,278 @@
+package longpoll
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawConn is a client connection written by hand, to control exactly what
+// goes on the wire and see which connection a reply comes on.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func (e *env) dial() *rawConn {
+	e.t.Helper()
+	u, _ := url.Parse(e.url)
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return &rawConn{t: e.t, c: c, br: bufio.NewReader(c)}
+}
+
+// request renders an HTTP/1.1 request with a Content-Length body.
+func request(method, path, contentType, body string, extra ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: test\r\n", method, path)
+	if contentType != "" {
+		fmt.Fprintf(&b, "Content-Type: %s\r\n", contentType)
+	}
+	for _, h := range extra {
+		b.WriteString(h + "\r\n")
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
+	return b.String()
+}
+
+func pollRequest(body string) string { return request("POST", "/comet", ContentType, body) }
+
+func (r *rawConn) send(s string) {
+	r.t.Helper()
+	if _, err := io.WriteString(r.c, s); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// read reads one response within 5 seconds.
+func (r *rawConn) read() (reply, bool) {
+	r.t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(r.br, nil)
+	if err != nil {
+		r.t.Fatalf("reading a response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return reply{resp.StatusCode, string(b), resp.Header}, resp.Close
+}
+
+// closedByServer reports whether the server closed the connection.
+func (r *rawConn) closedByServer() bool {
+	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := r.br.ReadByte()
+	return err == io.EOF
+}
+
+func (e *env) parkedConns() int {
+	e.h.mu.Lock()
+	defer e.h.mu.Unlock()
+	return len(e.h.parked)
+}
+
+// park makes c a taken-over connection: a poll waits on it and is answered.
+func (e *env) park(c *rawConn) {
+	e.t.Helper()
+	if _, err := e.reg.Info("park"); err != nil {
+		e.create("park")
+	}
+	before, _ := e.reg.Info("park")
+	c.send(pollRequest("registration=park"))
+	e.waitListeners("park", before.Listeners+1)
+	e.write("park", "parked")
+	if r, _ := c.read(); r.status != 200 || r.body != "park:parked" {
+		e.t.Fatalf("parking poll: %d %q", r.status, r.body)
+	}
+}
+
+// A waiting poll costs one goroutine once its connection is taken over,
+// against two inside net/http.
+func TestTakeoverHoldsAWaitWithOneGoroutine(t *testing.T) {
+	const n = 200
+	for _, tt := range []struct {
+		m        mode
+		min, max int // goroutines per waiting request, times 10
+	}{{takeover, 9, 12}, {plain, 19, 22}} {
+		t.Run(fmt.Sprint(tt.m), func(t *testing.T) {
+			e := newEnv(t, tt.m, time.Hour, Options{})
+			e.create("a")
+			runtime.GC()
+			before := runtime.NumGoroutine()
+			conns := make([]*rawConn, n)
+			for i := range conns {
+				conns[i] = e.dial()
+				conns[i].send(pollRequest("registration=a"))
+			}
+			e.waitListeners("a", n)
+			// net/http's goroutines of a taken-over request end just after the
+			// handler returns.
+			time.Sleep(50 * time.Millisecond)
+			per10 := (runtime.NumGoroutine() - before) * 10 / n
+			if per10 < tt.min || per10 > tt.max {
+				t.Fatalf("%d.%d goroutines per waiting request, want %d.%d to %d.%d",
+					per10/10, per10%10, tt.min/10, tt.min%10, tt.max/10, tt.max%10)
+			}
+			if out := e.write("a", "m"); out.Delivered != n {
+				t.Fatalf("outcome %+v", out)
+			}
+			for _, c := range conns {
+				if r, _ := c.read(); r.body != "a:m" {
+					t.Fatalf("reply %q", r.body)
+				}
+			}
+		})
+	}
+}
+
+// On a taken-over connection the next requests are read by the handler
+// itself and get exactly the answers net/http would give them.
+func TestImmediateRepliesOnATakenOverConnection(t *testing.T) {
+	e := newEnv(t, takeover, time.Minute, Options{})
+	c := e.dial()
+	e.park(c)
+	for _, tt := range immediateCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			if e.parkedConns() != 1 {
+				t.Fatalf("%d parked connections, want 1", e.parkedConns())
+			}
+			c.send(request(tt.method, "/comet", tt.ct, tt.body))
+			r, closing := c.read()
+			tt.check(t, r)
+			switch {
+			case closing: // after a body it did not read: a new connection, parked again
+				if !c.closedByServer() {
+					t.Fatal("Connection: close, but the connection stayed open")
+				}
+				c.c.Close()
+				waitFor(t, "the closed connection untracked", func() bool { return e.parkedConns() == 0 })
+				c = e.dial()
+				e.park(c)
+			case tt.method != "POST": // given back to net/http, which answered
+				e.park(c)
+			}
+		})
+	}
+}
+
+// A taken-over connection serves polls one after another, pipelined ones
+// included, and gives anything else back to net/http, which serves it and
+// can hand the connection over again.
+func TestTakenOverConnectionKeepsServing(t *testing.T) {
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	c := e.dial()
+	e.park(c)
+
+	// Two polls in one write: the second waits for the first's reply.
+	c.send(pollRequest("registration=a") + pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	e.write("a", "one")
+	if r, _ := c.read(); r.body != "a:one" {
+		t.Fatalf("first pipelined poll: %q", r.body)
+	}
+	e.waitListeners("a", 1)
+	e.write("a", "two")
+	if r, _ := c.read(); r.body != "a:two" {
+		t.Fatalf("second pipelined poll: %q", r.body)
+	}
+
+	// Another path and another method go back to net/http, on this
+	// connection, with their bodies intact.
+	c.send(request("GET", "/other", "", ""))
+	if r, _ := c.read(); r.status != 200 || r.body != "other GET" {
+		t.Fatalf("handed-back GET: %d %q", r.status, r.body)
+	}
+	waitFor(t, "no parked connection after a hand-back", func() bool { return e.parkedConns() == 0 })
+	c.send(request("OPTIONS", "/comet", "", ""))
+	if r, _ := c.read(); r.status != 204 || r.header.Get("Allow") != "POST, OPTIONS" {
+		t.Fatalf("handed-back OPTIONS: %d %v", r.status, r.header)
+	}
+	e.park(c)
+	if e.parkedConns() != 1 {
+		t.Fatalf("%d parked after parking again, want 1", e.parkedConns())
+	}
+	c.send(request("POST", "/comet", ContentType, "registration=a", "Expect: 100-continue"))
+	if r, _ := c.read(); r.status != 100 {
+		t.Fatalf("Expect: 100-continue: %d, want 100 from net/http", r.status)
+	}
+	e.waitListeners("a", 1)
+	e.write("a", "three")
+	if r, _ := c.read(); r.body != "a:three" {
+		t.Fatalf("after 100-continue: %q", r.body)
+	}
+}
+
+// What net/http would refuse on a connection it reads, a taken-over one
+// refuses too, then closes.
+func TestTakenOverConnectionLimits(t *testing.T) {
+	e := newEnv(t, takeover, time.Minute, Options{MaxHeaderBytes: 1024, ReadHeaderTimeout: 200 * time.Millisecond})
+	for _, tt := range []struct {
+		name, send string
+		status     int // 0: closed without a reply
+	}{
+		{"head too large", request("POST", "/comet", ContentType, "registration=a", "X-Big: "+strings.Repeat("b", 8000)), 431},
+		{"malformed head", "POST /comet HTTP/1.1\r\nHost test\r\n\r\n", 400},
+		{"head too slow", "POST /comet HTTP/1.1\r\nHost: test\r\n", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := e.dial()
+			e.park(c)
+			c.send(tt.send)
+			if tt.status != 0 {
+				r, closing := c.read()
+				if r.status != tt.status || !closing {
+					t.Fatalf("%d (close %v), want %d and close", r.status, closing, tt.status)
+				}
+			}
+			if !c.closedByServer() {
+				t.Fatal("connection left open")
+			}
+			waitFor(t, "no parked connection", func() bool { return e.parkedConns() == 0 })
+		})
+	}
+}
+
+// Between requests a taken-over connection is closed after the idle
+// timeout, and at once when the handler shuts down.
+func TestTakenOverConnectionIdleAndShutdown(t *testing.T) {
+	e := newEnv(t, takeover, time.Minute, Options{IdleTimeout: 100 * time.Millisecond})
+	c := e.dial()
+	e.park(c)
+	if !c.closedByServer() {
+		t.Fatal("idle connection not closed")
+	}
+
+	e2 := newEnv(t, takeover, time.Minute, Options{})
+	e2.create("a")
+	idle, waiting := e2.dial(), e2.dial()
+	e2.park(idle)
+	waiting.send(pollRequest("registration=a"))
+	e2.waitListeners("a", 1)
+	e2.state.Drain()
+	if r, closing := waiting.read(); r.status != 503 || !closing {
+		t.Fatalf("waiting poll on drain: %d (close %v), want 503 and close", r.status, closing)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e2.h.Shutdown(ctx)
+	if !idle.closedByServer() {
+		t.Fatal("idle connection not closed by Shutdown")
+	}
+	if e2.parkedConns() != 0 {
+		t.Fatalf("%d parked after Shutdown", e2.parkedConns())
+	}
+}
