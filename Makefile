@@ -55,15 +55,12 @@ test-all: ## The whole suite: make test, then make e2e on a real local cluster (
 	$(MAKE) e2e
 
 .PHONY: bench
-bench: ## Run the Go benchmarks and print their figures.
-	go test -run '^$$' -bench . -benchmem ./cometserver/...
+bench: ## Benchmark against nginx+Nchan and Pushpin (installed from Debian) and rewrite docs/benchmarks.md.
+	hack/bench.sh
 
-.PHONY: bench-load
-bench-load: ## Run the load generator's scenarios against the comet server (hold 10,000 and 19,000; fan-out).
-	go build -o $(BIN)/cometserver ./cometserver/cmd/cometserver
-	go run ./hack/cometbench hold --cometserver $(BIN)/cometserver --clients 10000 --channels 100
-	go run ./hack/cometbench hold --cometserver $(BIN)/cometserver --clients 19000 --channels 100
-	go run ./hack/cometbench fanout --cometserver $(BIN)/cometserver --channels 100 --subscribers 100 --rates 50,100,200,400,800
+.PHONY: bench-go
+bench-go: ## Run the Go micro-benchmarks and print their figures.
+	go test -run '^$$' -bench . -benchmem ./cometserver/...
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s).

@@ -1,25 +1,30 @@
 // Command cometbench is the load generator for the comet server: it runs
-// the server as its own process, spreads long-poll clients over worker
-// processes (each dialing from its own 127.0.0.x address), and measures
-// what a user compares push servers by.
+// each server under test as its own process tree, spreads long-poll
+// clients over worker processes (each dialing from its own 127.0.0.x
+// address), and measures what a user compares push servers by.
 //
-//	cometbench hold   --servers comet,nchan --clients 10000 --channels 100
-//	cometbench fanout --servers comet,nchan --channels 100 --subscribers 100 --rates 100,200,400
+//	cometbench hold   --servers comet,nchan,pushpin --clients 10000 --channels 100
+//	cometbench fanout --servers comet,nchan,pushpin --channels 100 --subscribers 100 --rates 100,200,400
+//	cometbench churn  --servers comet,nchan,pushpin --clients 5000 --rate 100 --abort-mean 5s
+//	cometbench report --servers comet,nchan,pushpin --out docs/benchmarks.md
 //
 // hold: memory per waiting request (the server's RSS over its idle
 // baseline) and CPU while holding. fanout: deliveries per second and
 // publish-to-read latency for each publish rate; the highest rate held with
-// p99 under 100 ms and no error is the sustained rate.
+// p99 under 100 ms and no error is the sustained rate. churn: clients that
+// re-poll after each message and hang up mid-wait at random, then whether
+// the server is back to holding nothing. report: all three for every
+// server, written as docs/benchmarks.md with a latency plot.
 //
-// Servers: comet (this project's) and nchan (nginx with Nchan, from
-// Debian's nginx-light and libnginx-mod-nchan, configured by
-// peers/nchan.conf). Each scenario runs every server in turn, on the same
-// machine and the same work, one table row each. A Pushpin driver is to come.
+// Servers: comet (this project's), nchan (nginx with Nchan, Debian's
+// nginx-light and libnginx-mod-nchan, configured by peers/nchan.conf) and
+// pushpin (Debian's pushpin with zurl, configured by peers/pushpin.conf, in
+// front of an origin inside this tool). Each scenario runs every server in
+// turn, on the same machine and the same work.
 package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -32,7 +37,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/admin"
@@ -57,7 +61,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: cometbench hold|fanout [flags]")
+		fmt.Fprintln(os.Stderr, "usage: cometbench hold|fanout|churn|report [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -70,26 +74,47 @@ func main() {
 	step := fs.Duration("step", 5*time.Second, "fanout: length of each step")
 	fs.StringVar(&profileFile, "profile", "", "comet server profile to write: CPU during one fanout step, heap while holding")
 	fs.IntVar(&profileRate, "profile-rate", 200, "fanout: the step (publishes/s) to profile")
+	churnRate := fs.Int("rate", 100, "churn: publishes per second")
+	abortMean := fs.Duration("abort-mean", 5*time.Second, "churn: mean time a client waits before hanging up (exponential)")
+	duration := fs.Duration("duration", 10*time.Second, "churn: how long to churn")
+	out := fs.String("out", "docs/benchmarks.md", "report: the page to write")
+	plotFile := fs.String("plot", "docs/benchmarks-latency.png", "report: the latency plot to draw")
+	quick := fs.Bool("quick", false, "report: small sizes and short steps, to check the tool itself")
 	fs.Parse(os.Args[2:])
 
 	var err error
 	names := strings.Split(*servers, ",")
 	switch os.Args[1] {
 	case "hold":
-		printHoldHeader(os.Stdout)
+		fmt.Print(holdHeader)
 		for _, name := range names {
-			if err = hold(name, *server, *clients, *channelCount, os.Stdout); err != nil {
+			var row holdRow
+			if row, err = hold(name, *server, *clients, *channelCount); err != nil {
 				break
 			}
+			fmt.Print(row.Markdown())
 		}
 	case "fanout":
 		for _, name := range names {
-			if err = fanout(name, *server, *channelCount, *subscribers, parseRates(*rates), *step, os.Stdout); err != nil {
+			var res fanoutResult
+			if res, err = fanout(name, *server, *channelCount, *subscribers, parseRates(*rates), *step, os.Stdout); err != nil {
 				break
 			}
+			fmt.Printf("\n%s sustained deliveries/s (p99 under 100 ms, no error): %d\n", res.Server, res.Sustained)
 		}
+	case "churn":
+		fmt.Print(churnHeader)
+		for _, name := range names {
+			var row churnRow
+			if row, err = churn(name, *server, churnParams{Clients: *clients, Channels: *channelCount, Rate: *churnRate, AbortMean: *abortMean, Duration: *duration}); err != nil {
+				break
+			}
+			fmt.Print(row.Markdown())
+		}
+	case "report":
+		_, err = writeReport(reportParams{Servers: names, CometBin: *server, Out: *out, Plot: *plotFile, Quick: *quick})
 	default:
-		err = fmt.Errorf("unknown scenario %q", os.Args[1])
+		err = fmt.Errorf("unknown scenario %q (hold, fanout, churn, report)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cometbench:", err)
@@ -291,17 +316,18 @@ func waitHeld(srv server, n int) error {
 
 // workers is the set of worker processes holding the clients.
 type workers struct {
-	procs []*exec.Cmd
-	ins   []io.WriteCloser
-	outs  []*bufio.Scanner
+	server string
+	procs  []*exec.Cmd
+	ins    []io.WriteCloser
+	outs   []*bufio.Scanner
 }
 
-func startWorkers(srv server, channels []string, clients int) (*workers, error) {
+func startWorkers(srv server, channels []string, clients int, abortMean time.Duration) (*workers, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	w := &workers{}
+	w := &workers{server: srv.Name()}
 	for i := 0; clients > 0; i++ {
 		n := min(clients, perWorker)
 		clients -= n
@@ -313,7 +339,7 @@ func startWorkers(srv server, channels []string, clients int) (*workers, error) 
 			w.stop()
 			return nil, err
 		}
-		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: srv.URL(), Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i)})
+		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: srv.URL(), Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i), AbortMean: abortMean})
 		fmt.Fprintf(in, "%s\n", j)
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 1<<20), 1<<30)
@@ -337,6 +363,10 @@ func (w *workers) report() (report, error) {
 		total.Waiting += r.Waiting
 		total.Deliveries += r.Deliveries
 		total.Errors += r.Errors
+		total.Aborts += r.Aborts
+		for _, e := range r.Samples {
+			fmt.Fprintf(os.Stderr, "cometbench: %s: a client error: %s\n", w.server, e)
+		}
 		total.Latencies = append(total.Latencies, r.Latencies...)
 	}
 	return total, nil
@@ -356,161 +386,4 @@ func (w *workers) stop() {
 			<-done
 		}
 	}
-}
-
-func printHoldHeader(out io.Writer) {
-	fmt.Fprintf(out, "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n")
-}
-
-// run is one scenario's server with its clients all waiting.
-type run struct {
-	srv      server
-	channels []string
-	w        *workers
-	idle     int64 // the server's RSS before any client, in KiB
-}
-
-// setUp starts a server, makes its channels, and waits until clients long
-// polls spread over them are held. Its counts start from there: a server
-// may refuse polls while it starts. The caller must tearDown.
-func setUp(name, cometBin string, channelCount, clients int) (*run, error) {
-	srv, err := startServer(name, cometBin)
-	if err != nil {
-		return nil, err
-	}
-	channels, err := srv.Channels(channelCount)
-	if err != nil {
-		srv.Stop()
-		return nil, err
-	}
-	time.Sleep(time.Second)
-	r := &run{srv: srv, channels: channels, idle: rssKiB(srv.PID())}
-	if r.w, err = startWorkers(srv, channels, clients); err != nil {
-		srv.Stop()
-		return nil, err
-	}
-	if err := waitHeld(srv, clients); err != nil {
-		r.tearDown()
-		return nil, err
-	}
-	r.w.report()
-	return r, nil
-}
-
-func (r *run) tearDown() {
-	r.w.stop()
-	r.srv.Stop()
-}
-
-func hold(name, cometBin string, clients, channelCount int, out io.Writer) error {
-	run, err := setUp(name, cometBin, channelCount, clients)
-	if err != nil {
-		return err
-	}
-	defer run.tearDown()
-	srv, w, idle := run.srv, run.w, run.idle
-	time.Sleep(2 * time.Second)
-	ticks0, at0 := cpuTicks(srv.PID()), time.Now()
-	time.Sleep(5 * time.Second)
-	cpu := float64(cpuTicks(srv.PID())-ticks0) / 100 / time.Since(at0).Seconds() * 100
-	held := rssKiB(srv.PID())
-	if c, ok := srv.(*cometTarget); ok && profileFile != "" {
-		if err := c.fetch("/debug/pprof/heap", profileFile); err != nil {
-			return fmt.Errorf("heap profile: %w", err)
-		}
-		if err := c.fetch("/metrics", profileFile+".metrics"); err != nil { // stacks, goroutines
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	r, err := w.report()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "| %s | %d | %d | %d KiB | %d KiB | %.1f KiB | %.1f%% | %d |\n",
-		srv.Name(), clients, channelCount, idle, held, float64(held-idle)/float64(clients), cpu, r.Errors)
-	return nil
-}
-
-func fanout(name, cometBin string, channelCount, subscribers int, rates []int, step time.Duration, out io.Writer) error {
-	run, err := setUp(name, cometBin, channelCount, channelCount*subscribers)
-	if err != nil {
-		return err
-	}
-	defer run.tearDown()
-	srv, w, channels := run.srv, run.w, run.channels
-	fmt.Fprintf(out, "\n%s, %d channels x %d waiting subscribers:\n\n", srv.Name(), channelCount, subscribers)
-	fmt.Fprintf(out, "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU |\n|---|---|---|---|---|---|---|\n")
-	sustained := 0
-	for _, rate := range rates {
-		ticks0 := cpuTicks(srv.PID())
-		var profiled chan error
-		if c, ok := srv.(*cometTarget); ok && profileFile != "" && rate == profileRate {
-			profiled = make(chan error, 1)
-			go func() { profiled <- c.profile(step - time.Second) }()
-		}
-		publishErrors := publish(srv, channels, rate, step)
-		if profiled != nil {
-			if err := <-profiled; err != nil {
-				return fmt.Errorf("profile: %w", err)
-			}
-		}
-		cpu := float64(cpuTicks(srv.PID())-ticks0) / 100 / step.Seconds() * 100
-		time.Sleep(500 * time.Millisecond) // let the last replies land
-		r, err := w.report()
-		if err != nil {
-			return err
-		}
-		p50, p99, mx := summarize(r.Latencies)
-		errs := r.Errors + publishErrors
-		perSec := float64(r.Deliveries) / step.Seconds()
-		fmt.Fprintf(out, "| %d | %.0f | %.1f ms | %.1f ms | %.1f ms | %d | %.0f%% |\n", rate, perSec, p50, p99, mx, errs, cpu)
-		if p99 < 100 && errs == 0 {
-			sustained = int(perSec)
-		}
-	}
-	fmt.Fprintf(out, "\n%s sustained deliveries/s (p99 under 100 ms, no error): %d\n", srv.Name(), sustained)
-	return nil
-}
-
-// publish sends rate messages a second for d, round-robin over channels,
-// each carrying its publish time, from a pool of concurrent publishers
-// (a write waits for its outcome).
-func publish(srv server, channels []string, rate int, d time.Duration) int64 {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	jobs := make(chan string, 1024)
-	var errs int64
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ch := range jobs {
-				if err := srv.Publish(hc, ch, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
-					mu.Lock()
-					errs++
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	sent, start := 0, time.Now()
-	for i := 0; ctx.Err() == nil; {
-		<-tick.C
-		due := int(float64(rate) * time.Since(start).Seconds())
-		for ; sent < due; sent++ {
-			select {
-			case jobs <- channels[i%len(channels)]:
-				i++
-			case <-ctx.Done():
-			}
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	return errs
 }

@@ -2,11 +2,12 @@ package main
 
 import (
 	"bytes"
+	"image/png"
 	"os"
-	"regexp"
-	"strconv"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
-	"time"
 )
 
 // The test binary is also the workers' binary: startWorkers runs
@@ -21,33 +22,51 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// A short run of both scenarios against the real server: a smoke test of
-// the generator, not a benchmark (make bench runs those).
-func TestSmoke(t *testing.T) {
-	var out bytes.Buffer
-	if err := hold("comet", "", 300, 10, &out); err != nil {
+// A quick report against the real server: every scenario, the page and the
+// plot, at sizes that check the generator, not benchmark anything (make
+// bench does that).
+func TestSmokeReport(t *testing.T) {
+	dir := t.TempDir()
+	d, err := writeReport(reportParams{Servers: []string{"comet"}, Quick: true,
+		Out: filepath.Join(dir, "benchmarks.md"), Plot: filepath.Join(dir, "latency.png")})
+	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile(`\| cometserver \| 300 \| 10 \| \d+ KiB \| \d+ KiB \| ([\d.]+) KiB \| [\d.]+% \| 0 \|`)
-	m := row.FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("hold:\n%s", &out)
+	for _, r := range d.Hold {
+		if r.Errors != 0 || r.PerRequestKiB <= 0 || r.PerRequestKiB > 200 {
+			t.Errorf("hold %d: %.1f KiB a waiting request, %d errors: the measurement is off", r.Waiting, r.PerRequestKiB, r.Errors)
+		}
 	}
-	if kib, _ := strconv.ParseFloat(m[1], 64); kib <= 0 || kib > 200 {
-		t.Fatalf("%s KiB a waiting request: the measurement is off\n%s", m[1], &out)
+	if len(d.Hold) != 2 || len(d.Fanout) != 1 || len(d.Churn) != 1 {
+		t.Fatalf("rows: %d hold, %d fanout, %d churn", len(d.Hold), len(d.Fanout), len(d.Churn))
+	}
+	for _, s := range d.Fanout[0].Steps {
+		// CPU is counted in 10 ms ticks, so a light step may show 0; more
+		// than the machine would mean counting a process twice.
+		limit := float64(100 * runtime.NumCPU())
+		if s.DeliveriesPerSec == 0 || s.Errors != 0 || s.ServerCPU < 0 || s.ServerCPU > limit || s.GeneratorCPU < 0 || s.GeneratorCPU > limit {
+			t.Errorf("fanout step %+v", s)
+		}
+	}
+	c := d.Churn[0]
+	if c.DeliveriesPerSec == 0 || c.AbortsPerSec == 0 || c.Errors != 0 || c.HeldAfter != "0" {
+		t.Errorf("churn %+v: want deliveries, hang-ups, no error, nothing held after", c)
 	}
 
-	out.Reset()
-	if err := fanout("comet", "", 5, 10, []int{20, 40}, time.Second, &out); err != nil {
+	page, err := os.ReadFile(filepath.Join(dir, "benchmarks.md"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	steps := regexp.MustCompile(`(?m)^\| (\d+) \| (\d+) \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms \| (\d+) \|`).FindAllStringSubmatch(out.String(), -1)
-	if len(steps) != 2 {
-		t.Fatalf("fanout:\n%s", &out)
-	}
-	for _, s := range steps {
-		if d, _ := strconv.Atoi(s[2]); d == 0 || s[3] != "0" {
-			t.Fatalf("step at %s publishes/s: %s deliveries/s, %s errors\n%s", s[1], s[2], s[3], &out)
+	for _, want := range []string{"| cometserver | 300 | 10 |", "**cometserver** (sustained:", "| cometserver | 200 | 20 |", "![p99 and p50", "(latency.png)", "quick run"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("the page lacks %q:\n%s", want, page)
 		}
+	}
+	f, err := os.ReadFile(filepath.Join(dir, "latency.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err := png.Decode(bytes.NewReader(f)); err != nil || img.Bounds().Dx() < 600 {
+		t.Fatalf("plot: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +30,9 @@ type job struct {
 	Channels []string `json:"channels"` // client i polls Channels[i % len]
 	Clients  int      `json:"clients"`
 	Source   string   `json:"source"` // local address to dial from
+	// AbortMean, when set, makes each poll hang up after an exponentially
+	// distributed time of this mean, unless answered first (churn).
+	AbortMean time.Duration `json:"abort_mean"`
 }
 
 // report is what a worker answers to "report": counts since the last one.
@@ -36,7 +40,9 @@ type report struct {
 	Waiting    int64     `json:"waiting"` // polls sent and not answered
 	Deliveries int64     `json:"deliveries"`
 	Errors     int64     `json:"errors"`
-	Latencies  []float64 `json:"latencies_ms"` // publish to read, one per delivery
+	Aborts     int64     `json:"aborts"`            // polls the client hung up on mid-wait
+	Latencies  []float64 `json:"latencies_ms"`      // publish to read, one per delivery
+	Samples    []string  `json:"samples,omitempty"` // the first few errors, to say what they were
 }
 
 // runWorker reads a job on stdin, starts its clients, and answers each
@@ -61,13 +67,28 @@ func runWorker() error {
 	}}
 	var w worker
 	var wg sync.WaitGroup
-	for i := range j.Clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.client(ctx, newPoller(j.Protocol, hc, j.URL, j.Channels[i%len(j.Channels)]))
-		}()
-	}
+	// Clients start at a steady pace, not all in one burst: the figures are
+	// about holding and delivering, and a burst of thousands of connects
+	// overflows listen backlogs (somaxconn is 4,096 here), Pushpin's and its
+	// origin's first of all.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pace := time.NewTicker(time.Second / startsPerSecond)
+		defer pace.Stop()
+		for i := range j.Clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.client(ctx, newPoller(j.Protocol, hc, j.URL, j.Channels[i%len(j.Channels)]), j.AbortMean)
+			}()
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	out := json.NewEncoder(os.Stdout)
 	for in.Scan() {
 		if in.Text() == "report" {
@@ -81,10 +102,14 @@ func runWorker() error {
 	return nil
 }
 
+// startsPerSecond paces each worker's clients as they start.
+const startsPerSecond = 2000
+
 type worker struct {
-	waiting, deliveries, errors atomic.Int64
-	mu                          sync.Mutex
-	latencies                   []float64
+	waiting, deliveries, errors, aborts atomic.Int64
+	mu                                  sync.Mutex
+	latencies                           []float64
+	samples                             []string
 }
 
 // poller sends one long poll and returns the messages of its reply.
@@ -177,16 +202,29 @@ func pushpinPoller(hc *http.Client, base, channel string) poller {
 
 // client polls until ctx ends, re-polling at once after each reply, and
 // records each message's delay from its publish time (the payload is the
-// publish time in Unix nanoseconds: one clock, one machine).
-func (w *worker) client(ctx context.Context, poll poller) {
+// publish time in Unix nanoseconds: one clock, one machine). With
+// abortMean it hangs up mid-wait at random; net/http then closes the
+// connection, and the next poll dials a new one.
+func (w *worker) client(ctx context.Context, poll poller, abortMean time.Duration) {
 	for ctx.Err() == nil {
+		pollCtx, cancel := ctx, context.CancelFunc(func() {})
+		if abortMean > 0 {
+			pollCtx, cancel = context.WithTimeout(ctx, time.Duration(rand.ExpFloat64()*float64(abortMean)))
+		}
 		w.waiting.Add(1)
-		msgs, err := poll(ctx)
+		msgs, err := poll(pollCtx)
 		w.waiting.Add(-1)
+		hungUp := pollCtx.Err() != nil && ctx.Err() == nil
+		cancel()
 		now := time.Now().UnixNano()
+		if hungUp {
+			w.aborts.Add(1)
+			continue
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				w.errors.Add(1)
+				w.sample(err)
 				time.Sleep(100 * time.Millisecond)
 			}
 			continue
@@ -204,10 +242,20 @@ func (w *worker) client(ctx context.Context, poll poller) {
 	}
 }
 
+// sample keeps the first errors of a report.
+func (w *worker) sample(err error) {
+	w.mu.Lock()
+	if len(w.samples) < 3 {
+		w.samples = append(w.samples, err.Error())
+	}
+	w.mu.Unlock()
+}
+
 func (w *worker) take() report {
 	w.mu.Lock()
-	lat := w.latencies
-	w.latencies = nil
+	lat, samples := w.latencies, w.samples
+	w.latencies, w.samples = nil, nil
 	w.mu.Unlock()
-	return report{Waiting: w.waiting.Load(), Deliveries: w.deliveries.Swap(0), Errors: w.errors.Swap(0), Latencies: lat}
+	return report{Waiting: w.waiting.Load(), Deliveries: w.deliveries.Swap(0), Errors: w.errors.Swap(0),
+		Aborts: w.aborts.Swap(0), Latencies: lat, Samples: samples}
 }

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// run is one scenario's server with its clients all waiting.
+type run struct {
+	srv      server
+	channels []string
+	w        *workers
+	idle     int64 // the server's RSS before any client, in KiB
+}
+
+// setUp starts a server, makes its channels, and waits until clients long
+// polls spread over them are held. Its counts start from there: a server
+// may refuse polls while it starts. The caller must tearDown.
+func setUp(name, cometBin string, channelCount, clients int, abortMean time.Duration) (*run, error) {
+	srv, err := startServer(name, cometBin)
+	if err != nil {
+		return nil, err
+	}
+	channels, err := srv.Channels(channelCount)
+	if err != nil {
+		srv.Stop()
+		return nil, err
+	}
+	time.Sleep(time.Second)
+	r := &run{srv: srv, channels: channels, idle: rssKiB(srv.PID())}
+	if r.w, err = startWorkers(srv, channels, clients, abortMean); err != nil {
+		srv.Stop()
+		return nil, err
+	}
+	if err := waitHeld(srv, clients); err != nil {
+		r.tearDown()
+		return nil, err
+	}
+	r.w.report()
+	return r, nil
+}
+
+func (r *run) tearDown() {
+	r.w.stop()
+	r.srv.Stop()
+}
+
+// cpuMeter measures the CPU of the server's process tree and of the
+// generator (this process and its workers) over an interval, in percent of
+// one core.
+type cpuMeter struct {
+	r                 *run
+	server, generator int64
+	at                time.Time
+}
+
+func (r *run) startCPU() cpuMeter {
+	return cpuMeter{r: r, server: cpuTicks(r.srv.PID()), generator: r.generatorTicks(), at: time.Now()}
+}
+
+func (m cpuMeter) stop() (server, generator float64) {
+	secs := time.Since(m.at).Seconds()
+	pct := func(ticks int64) float64 { return float64(ticks) / 100 / secs * 100 }
+	return pct(cpuTicks(m.r.srv.PID()) - m.server), pct(m.r.generatorTicks() - m.generator)
+}
+
+// generatorTicks is this process alone (the servers are its children too)
+// plus its workers.
+func (r *run) generatorTicks() int64 {
+	t := processTicks(os.Getpid())
+	if r.w != nil {
+		for _, p := range r.w.procs {
+			t += processTicks(p.Process.Pid)
+		}
+	}
+	return t
+}
+
+// holdRow is one server holding clients long polls.
+type holdRow struct {
+	Server             string
+	Waiting, Channels  int
+	IdleKiB, HeldKiB   int64
+	PerRequestKiB, CPU float64
+	Errors             int64
+}
+
+const holdHeader = "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n"
+
+func (r holdRow) Markdown() string {
+	return fmt.Sprintf("| %s | %s | %d | %s KiB | %s KiB | %.1f KiB | %.1f%% | %s |\n",
+		r.Server, thousands(int64(r.Waiting)), r.Channels, thousands(r.IdleKiB), thousands(r.HeldKiB), r.PerRequestKiB, r.CPU, thousands(r.Errors))
+}
+
+func hold(name, cometBin string, clients, channelCount int) (holdRow, error) {
+	run, err := setUp(name, cometBin, channelCount, clients, 0)
+	if err != nil {
+		return holdRow{}, err
+	}
+	defer run.tearDown()
+	srv := run.srv
+	time.Sleep(2 * time.Second)
+	meter := run.startCPU()
+	time.Sleep(5 * time.Second)
+	cpu, _ := meter.stop()
+	held := rssKiB(srv.PID())
+	if c, ok := srv.(*cometTarget); ok && profileFile != "" {
+		if err := c.fetch("/debug/pprof/heap", profileFile); err != nil {
+			return holdRow{}, fmt.Errorf("heap profile: %w", err)
+		}
+		if err := c.fetch("/metrics", profileFile+".metrics"); err != nil { // stacks, goroutines
+			return holdRow{}, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	r, err := run.w.report()
+	if err != nil {
+		return holdRow{}, err
+	}
+	return holdRow{
+		Server: srv.Name(), Waiting: clients, Channels: channelCount, IdleKiB: run.idle, HeldKiB: held,
+		PerRequestKiB: float64(held-run.idle) / float64(clients), CPU: cpu, Errors: r.Errors,
+	}, nil
+}
+
+// stepRow is one publish rate of the fan-out.
+type stepRow struct {
+	Rate                    int
+	DeliveriesPerSec        float64
+	P50, P99, Max           float64 // ms
+	Errors                  int64
+	ServerCPU, GeneratorCPU float64
+}
+
+// fanoutResult is one server's fan-out.
+type fanoutResult struct {
+	Server                string
+	Channels, Subscribers int
+	Steps                 []stepRow
+	Sustained             int // deliveries/s at the highest rate with p99 under 100 ms and no error
+}
+
+const stepHeader = "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU | generator CPU |\n|---|---|---|---|---|---|---|---|\n"
+
+func (s stepRow) Markdown() string {
+	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %.0f%% | %.0f%% |\n", s.Rate, thousands(int64(s.DeliveriesPerSec)),
+		ms(s.P50), ms(s.P99), ms(s.Max), thousands(s.Errors), s.ServerCPU, s.GeneratorCPU)
+}
+
+// fanout steps the publish rate up over channelCount channels with
+// subscribers waiting on each, printing each step to progress as it ends.
+func fanout(name, cometBin string, channelCount, subscribers int, rates []int, step time.Duration, progress io.Writer) (fanoutResult, error) {
+	res := fanoutResult{Channels: channelCount, Subscribers: subscribers}
+	run, err := setUp(name, cometBin, channelCount, channelCount*subscribers, 0)
+	if err != nil {
+		return res, err
+	}
+	defer run.tearDown()
+	srv, w, channels := run.srv, run.w, run.channels
+	res.Server = srv.Name()
+	fmt.Fprintf(progress, "\n%s, %d channels x %d waiting subscribers:\n\n%s", srv.Name(), channelCount, subscribers, stepHeader)
+	for _, rate := range rates {
+		meter := run.startCPU()
+		var profiled chan error
+		if c, ok := srv.(*cometTarget); ok && profileFile != "" && rate == profileRate {
+			profiled = make(chan error, 1)
+			go func() { profiled <- c.profile(step - time.Second) }()
+		}
+		publishErrors := publish(srv, channels, rate, step)
+		if profiled != nil {
+			if err := <-profiled; err != nil {
+				return res, fmt.Errorf("profile: %w", err)
+			}
+		}
+		serverCPU, generatorCPU := meter.stop()
+		time.Sleep(500 * time.Millisecond) // let the last replies land
+		r, err := w.report()
+		if err != nil {
+			return res, err
+		}
+		p50, p99, mx := summarize(r.Latencies)
+		row := stepRow{Rate: rate, DeliveriesPerSec: float64(r.Deliveries) / step.Seconds(), P50: p50, P99: p99, Max: mx,
+			Errors: r.Errors + publishErrors, ServerCPU: serverCPU, GeneratorCPU: generatorCPU}
+		fmt.Fprint(progress, row.Markdown())
+		res.Steps = append(res.Steps, row)
+		if p99 < 100 && row.Errors == 0 {
+			res.Sustained = int(row.DeliveriesPerSec)
+		}
+	}
+	return res, nil
+}
+
+// churnParams shape the churn scenario.
+type churnParams struct {
+	Clients, Channels, Rate int
+	AbortMean, Duration     time.Duration
+}
+
+// churnRow is one server under churn.
+type churnRow struct {
+	Server string
+	churnParams
+	DeliveriesPerSec, AbortsPerSec float64
+	P50, P99                       float64
+	Errors                         int64
+	ServerCPU, GeneratorCPU        float64
+	HeldAfter                      string // polls the server still holds once every client left
+	RSSAfterKiB, IdleKiB           int64
+}
+
+const churnHeader = "| server | clients | publishes/s | deliveries/s | hang-ups/s | p50 | p99 | errors | server CPU | generator CPU | held after | RSS idle / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+
+func (r churnRow) Markdown() string {
+	return fmt.Sprintf("| %s | %s | %d | %s | %s | %s | %s | %s | %.0f%% | %.0f%% | %s | %s / %s KiB |\n",
+		r.Server, thousands(int64(r.Clients)), r.Rate, thousands(int64(r.DeliveriesPerSec)), thousands(int64(r.AbortsPerSec)),
+		ms(r.P50), ms(r.P99), thousands(r.Errors), r.ServerCPU, r.GeneratorCPU, r.HeldAfter, thousands(r.IdleKiB), thousands(r.RSSAfterKiB))
+}
+
+// churn runs clients that re-poll after each reply and hang up mid-wait
+// after an exponentially distributed time (then poll again on a new
+// connection), under a steady publish rate; then every client leaves and
+// the server should hold nothing.
+func churn(name, cometBin string, p churnParams) (churnRow, error) {
+	row := churnRow{churnParams: p}
+	run, err := setUp(name, cometBin, p.Channels, p.Clients, p.AbortMean)
+	if err != nil {
+		return row, err
+	}
+	defer run.srv.Stop()
+	row.Server, row.IdleKiB = run.srv.Name(), run.idle
+	meter := run.startCPU()
+	publishErrors := publish(run.srv, run.channels, p.Rate, p.Duration)
+	row.ServerCPU, row.GeneratorCPU = meter.stop()
+	r, err := run.w.report()
+	if err != nil {
+		run.w.stop()
+		return row, err
+	}
+	row.DeliveriesPerSec = float64(r.Deliveries) / p.Duration.Seconds()
+	row.AbortsPerSec = float64(r.Aborts) / p.Duration.Seconds()
+	row.P50, row.P99, _ = summarize(r.Latencies)
+	row.Errors = r.Errors + publishErrors
+
+	run.w.stop()
+	row.HeldAfter = "n/a" // Pushpin's count is of holds asked for, not held now
+	if _, cumulative := run.srv.(*pushpinTarget); !cumulative {
+		deadline := time.Now().Add(10 * time.Second)
+		held, err := run.srv.Held()
+		for ; err == nil && held > 0 && time.Now().Before(deadline); held, err = run.srv.Held() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			return row, err
+		}
+		row.HeldAfter = strconv.Itoa(held)
+	}
+	time.Sleep(time.Second)
+	row.RSSAfterKiB = rssKiB(run.srv.PID())
+	return row, nil
+}
+
+// publish sends rate messages a second for d, round-robin over channels,
+// each carrying its publish time, from a pool of concurrent publishers
+// (a write waits for its outcome).
+func publish(srv server, channels []string, rate int, d time.Duration) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	jobs := make(chan string, 1024)
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ch := range jobs {
+				if err := srv.Publish(hc, ch, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+					errs.Add(1)
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	sent, start := 0, time.Now()
+	for i := 0; ctx.Err() == nil; {
+		<-tick.C
+		due := int(float64(rate) * time.Since(start).Seconds())
+		for ; sent < due; sent++ {
+			select {
+			case jobs <- channels[i%len(channels)]:
+				i++
+			case <-ctx.Done():
+			}
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return errs.Load()
+}
+
+// thousands formats n with comma separators, as the tables do.
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := n < 0
+	if neg {
+		s = s[1:]
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}
+
+func ms(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + " ms" }
