@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -259,10 +260,38 @@ func churn(name, cometBin string, p churnParams) (churnRow, error) {
 			return row, err
 		}
 		row.HeldAfter = strconv.Itoa(held)
+		if c, ok := run.srv.(*cometTarget); ok {
+			// A leak would show as goroutines (one per parked connection).
+			n, err := c.goroutines()
+			if err != nil {
+				return row, err
+			}
+			row.HeldAfter += fmt.Sprintf(" (%d goroutines)", n)
+		}
 	}
 	time.Sleep(time.Second)
 	row.RSSAfterKiB = rssKiB(run.srv.PID())
 	return row, nil
+}
+
+// goroutines reads the server's go_goroutines metric.
+func (t *cometTarget) goroutines() (int, error) {
+	resp, err := http.Get(t.publisher + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(f), err
+		}
+	}
+	return 0, fmt.Errorf("no go_goroutines in %s/metrics", t.publisher)
 }
 
 // publish sends rate messages a second for d, round-robin over channels,
