@@ -4,6 +4,7 @@
 package longpoll
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -215,6 +216,8 @@ func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
 	return wire.AppendReply(nil, lines), messages
 }
 
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 // errUnreadable marks a body that could not be read to its end.
 var errUnreadable = errors.New("cannot read body")
 
@@ -226,14 +229,22 @@ func (h *Handler) readRegistration(length int64, body io.Reader) ([]string, int,
 	if length > max {
 		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
 	}
-	b, err := io.ReadAll(io.LimitReader(body, max+1))
+	// A pooled buffer: the identifiers are copied out of it.
+	buf := bodyPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 {
+			buf.Reset()
+			bodyPool.Put(buf)
+		}
+	}()
+	_, err := buf.ReadFrom(io.LimitReader(body, max+1))
 	switch {
 	case err != nil:
 		return nil, http.StatusBadRequest, fmt.Errorf("%w: %v", errUnreadable, err)
-	case int64(len(b)) > max:
+	case int64(buf.Len()) > max:
 		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
 	}
-	ids, err := wire.ParseRegistration(b, h.o.MaxIDs)
+	ids, err := wire.ParseRegistration(buf.Bytes(), h.o.MaxIDs)
 	if err != nil {
 		return nil, http.StatusBadRequest, err
 	}

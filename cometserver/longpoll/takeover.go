@@ -21,6 +21,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -345,7 +346,8 @@ func (c *parked) next() *poll {
 			return nil
 		}
 		c.recording = false
-		p, keep := c.serveRequest(req)
+		bodyBuffered := req.ContentLength >= 0 && int64(br.Buffered()) >= req.ContentLength
+		p, keep := c.serveRequest(req, bodyBuffered)
 		c.release(br)
 		if p != nil {
 			return p
@@ -467,7 +469,7 @@ func (c *parked) giveBack(br *bufio.Reader) {
 // serveRequest is ServeHTTP for a request read on a parked connection: it
 // answers at once, or returns the admitted poll to wait for. keep reports
 // whether the connection stays open after an answer.
-func (c *parked) serveRequest(req *http.Request) (p *poll, keep bool) {
+func (c *parked) serveRequest(req *http.Request, bodyBuffered bool) (p *poll, keep bool) {
 	c.header = nil
 	if req.Header.Get("Origin") != "" && len(c.h.o.CORSOrigins) > 0 {
 		c.header = make(http.Header, 2)
@@ -479,7 +481,9 @@ func (c *parked) serveRequest(req *http.Request) (p *poll, keep bool) {
 	}
 
 	// 1. Read and decode the registration.
-	c.arm(phaseReading, time.Now().Add(c.h.o.ReadTimeout))
+	if !bodyBuffered { // else the head's deadline is enough: nothing more is read
+		c.arm(phaseReading, time.Now().Add(c.h.o.ReadTimeout))
+	}
 	ids, code, err := c.h.readRegistration(req.ContentLength, req.Body)
 	if err != nil {
 		// A body refused half-read cannot be skipped safely: close after.
@@ -562,10 +566,9 @@ func closed(c <-chan struct{}) bool {
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+// isTimeout reports a deadline that passed (errors.As would allocate on
+// this path, taken at every wake).
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 func cloneNonEmpty(h http.Header) http.Header {
 	if len(h) == 0 {
