@@ -144,11 +144,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case <-p.waiter.Ready():
 	case <-timer.C:
 	case <-p.abort: // deactivate, set_timeout KILL, or shutdown
-		channels.Resolve(p.waiter.Detach(), false)
-		h.fail(w, http.StatusServiceUnavailable, "")
-		return
 	case <-r.Context().Done(): // the client hung up: nothing to write
 		channels.Resolve(p.waiter.Detach(), false)
+		return
+	}
+	if closed(p.abort) { // it wins over a message that came at the same moment
+		channels.Resolve(p.waiter.Detach(), false)
+		h.fail(w, http.StatusServiceUnavailable, "")
 		return
 	}
 

@@ -224,46 +224,46 @@ func (h *Handler) untrack(c *parked) {
 	h.mu.Unlock()
 }
 
-// What a parked connection is doing; a wake only concerns the phases in
-// which it sits in a read for nothing in particular.
-const (
-	phaseWaiting = iota // a poll waits for an event
-	phaseIdle           // between requests
-	phaseReading        // a request is being read: wakes must not cut it
-)
-
 // parked is a connection taken over from net/http.
 type parked struct {
 	h         *Handler
 	conn      net.Conn
 	path      string              // the path its polls must go to, to be served here
 	handback  func(net.Conn) bool // the Listener's giveBack
-	header    http.Header         // extra headers of the current reply (CORS, Allow)
+	header    http.Header         // extra headers of the current reply (CORS)
 	pending   []byte              // read from conn, not yet parsed
 	rec       []byte              // what the current request's head consumed, to give back
 	one       [1]byte             // for the read that waits
 	recording bool                // a head is being read: keep its bytes in rec
-	mu        sync.Mutex          // guards phase and the read deadline
-	phase     int
+	mu        sync.Mutex          // guards inRequest and the read deadline
+	inRequest bool                // a request is being read: wakes must not cut it
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// wake cuts a waiting or idle read short.
+// arm's first argument.
+const (
+	awaiting  = false // an event, or the next request: a wake cuts the read
+	inRequest = true  // a request is being read: a wake must not cut it
+)
+
+// wake cuts short a read that waits for a poll's event or, between
+// requests, for the next one.
 func (c *parked) wake() {
 	c.mu.Lock()
-	if c.phase != phaseReading {
+	if !c.inRequest {
 		c.conn.SetReadDeadline(aLongTimeAgo)
 	}
 	c.mu.Unlock()
 }
 
-// arm enters phase with a read deadline, under the lock wake takes: a wake
-// that came earlier is overwritten, so callers re-check their conditions
-// after arming, and one that comes later cuts the read.
-func (c *parked) arm(phase int, deadline time.Time) {
+// arm sets the read deadline, and whether a request is being read, under
+// the lock wake takes: a wake that came earlier is overwritten, so callers
+// re-check their conditions after arming, and one that comes later cuts
+// the read.
+func (c *parked) arm(request bool, deadline time.Time) {
 	c.mu.Lock()
-	c.phase = phase
+	c.inRequest = request
 	c.conn.SetReadDeadline(deadline)
 	c.mu.Unlock()
 }
@@ -287,7 +287,7 @@ func (c *parked) serve(p *poll) {
 // the client reads it. So stop writing, then read what comes for a while.
 func (c *parked) close() {
 	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		c.arm(phaseReading, time.Now().Add(500*time.Millisecond))
+		c.arm(inRequest, time.Now().Add(500*time.Millisecond))
 		io.Copy(io.Discard, io.LimitReader(c.conn, 256<<10))
 	}
 	c.conn.Close()
@@ -299,16 +299,17 @@ func (c *parked) waitAndAnswer(p *poll) bool {
 	defer c.h.waiting.Add(-1)
 	p.waiter.OnReady(c.wake)
 	for {
-		c.arm(phaseWaiting, p.deadline)
+		c.arm(awaiting, p.deadline)
 		switch {
+		case closed(p.abort), c.h.closing.Load(): // an abort wins over a message at the same moment
+			channels.Resolve(p.waiter.Detach(), false)
+			draining := c.h.draining()
+			return c.write(http.StatusServiceUnavailable, nil, draining) == nil && !draining
 		case ready(p.waiter), !time.Now().Before(p.deadline):
 			body, messages := c.h.answer(p)
 			err := c.write(http.StatusOK, body, false)
 			channels.Resolve(messages, err == nil)
 			return err == nil
-		case closed(p.abort), c.h.closing.Load():
-			channels.Resolve(p.waiter.Detach(), false)
-			return c.write(http.StatusServiceUnavailable, nil, c.h.draining()) == nil && !c.h.draining()
 		}
 		if !c.readWhileWaiting() {
 			channels.Resolve(p.waiter.Detach(), false) // the client hung up: nothing to write
@@ -370,7 +371,7 @@ func (c *parked) readHead() (*http.Request, *bufio.Reader, bool) {
 	// whole head, usually the body too, in one system call.
 	idleUntil := time.Now().Add(c.h.o.IdleTimeout)
 	for {
-		c.arm(phaseIdle, idleUntil)
+		c.arm(awaiting, idleUntil)
 		if c.h.closing.Load() || !time.Now().Before(idleUntil) {
 			c.release(br)
 			c.conn.Close()
@@ -386,7 +387,7 @@ func (c *parked) readHead() (*http.Request, *bufio.Reader, bool) {
 			return nil, nil, false
 		}
 	}
-	c.arm(phaseReading, time.Now().Add(c.h.o.ReadHeaderTimeout))
+	c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		c.release(br)
@@ -460,7 +461,7 @@ func (c *parked) giveBack(br *bufio.Reader) {
 	readerPool.Put(br)
 	replay := append(c.rec, c.pending...)
 	c.rec, c.pending, c.recording = nil, nil, false
-	c.arm(phaseReading, time.Time{})
+	c.arm(inRequest, time.Time{})
 	if !c.handback(&replayConn{Conn: c.conn, replay: replay}) {
 		c.conn.Close()
 	}
@@ -482,7 +483,7 @@ func (c *parked) serveRequest(req *http.Request, bodyBuffered bool) (p *poll, ke
 
 	// 1. Read and decode the registration.
 	if !bodyBuffered { // else the head's deadline is enough: nothing more is read
-		c.arm(phaseReading, time.Now().Add(c.h.o.ReadTimeout))
+		c.arm(inRequest, time.Now().Add(c.h.o.ReadTimeout))
 	}
 	ids, code, err := c.h.readRegistration(req.ContentLength, req.Body)
 	if err != nil {
