@@ -78,6 +78,9 @@ type Socket struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	conn map[net.Conn]struct{}
+	// closed is set under mu by Close, so that no handler is added to wg
+	// once Close has begun waiting for them.
+	closed bool
 }
 
 // ListenSocket binds the admin socket at path with mode 0600. A stale socket
@@ -137,9 +140,14 @@ func (s *Socket) Serve() error {
 			return fmt.Errorf("admin socket: %w", err)
 		}
 		s.mu.Lock()
+		if s.closed { // accepted just as Close ran
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
 		s.conn[c] = struct{}{}
-		s.mu.Unlock()
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			s.serveConn(c)
@@ -155,6 +163,7 @@ func (s *Socket) Serve() error {
 func (s *Socket) Close() error {
 	err := s.ln.Close()
 	s.mu.Lock()
+	s.closed = true
 	for c := range s.conn {
 		c.Close()
 	}
