@@ -57,7 +57,8 @@ type Handler struct {
 	mu       sync.Mutex
 	handback func(net.Conn) bool // nil until Listener is called
 	parked   map[*parked]struct{}
-	closing  atomic.Bool
+	hijacks  int         // takeovers between their closing check and track
+	closing  atomic.Bool // set under mu, so that Shutdown sees every hijack
 }
 
 // New returns a Handler serving hub under state.

@@ -53,13 +53,15 @@ func (h *Handler) Listener(inner net.Listener) net.Listener {
 // is left. Waiting polls end when the state drains (security.State.Drain),
 // which the caller does first.
 func (h *Handler) Shutdown(ctx context.Context) {
+	h.mu.Lock()
 	h.closing.Store(true)
+	h.mu.Unlock()
 	h.wakeAll()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		h.mu.Lock()
-		n := len(h.parked)
+		n := len(h.parked) + h.hijacks
 		h.mu.Unlock()
 		if n == 0 {
 			return
@@ -188,12 +190,21 @@ func (h *Handler) wakeAll() {
 func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, p *poll) bool {
 	h.mu.Lock()
 	handback := h.handback
-	h.mu.Unlock()
 	// Only kept-alive HTTP/1.1 is taken: anything else is rare and net/http
 	// knows its rules.
 	if handback == nil || h.closing.Load() || !r.ProtoAtLeast(1, 1) || r.Close {
+		h.mu.Unlock()
 		return false
 	}
+	// net/http's Shutdown stops waiting for a connection once it is
+	// hijacked: until it is tracked, ours must count it instead.
+	h.hijacks++
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		h.hijacks--
+		h.mu.Unlock()
+	}()
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false // HTTP/2, a recorder: not a connection of our own
