@@ -59,6 +59,7 @@ type Handler struct {
 	parked   map[*parked]struct{}
 	hijacks  int         // takeovers between their closing check and track
 	closing  atomic.Bool // set under mu, so that Shutdown sees every hijack
+	hijacked func()      // a test's hook into the window between hijack and track
 }
 
 // New returns a Handler serving hub under state.
@@ -114,11 +115,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(h.o.ReadTimeout)) // not every ResponseWriter supports deadlines
 	ids, code, err := h.readRegistration(r.ContentLength, r.Body)
-	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
+		// The deadline stays: before replying, net/http reads what is left
+		// of a body the handler did not read, and must not wait for it
+		// forever.
 		h.fail(w, code, err.Error())
 		return
 	}
+	_ = rc.SetReadDeadline(time.Time{})
 
 	// 2. Admission: activation, shutdown, and the cap on waiting requests.
 	// 3. Listen on the live channels; answer at once if there is none.

@@ -4,25 +4,30 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/cometserver/security"
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 // env is a client endpoint on a real loopback listener.
 type env struct {
-	t     *testing.T
-	reg   *channels.Registry
-	state *security.State
-	h     *Handler
-	url   string
+	t       *testing.T
+	reg     *channels.Registry
+	state   *security.State
+	metrics *metrics.Metrics
+	h       *Handler
+	url     string
 }
 
 // mode is how a waiting request waits: inside net/http, or on a
@@ -34,27 +39,64 @@ const (
 	takeover mode = true
 )
 
+func (m mode) String() string {
+	if m == takeover {
+		return "takeover"
+	}
+	return "net-http"
+}
+
 // forEachMode runs a test once per mode.
 func forEachMode(t *testing.T, test func(*testing.T, mode)) {
-	t.Run("takeover", func(t *testing.T) { test(t, takeover) })
-	t.Run("net-http", func(t *testing.T) { test(t, plain) })
+	bounded.Test(t, 2*time.Minute)
+	for _, m := range []mode{takeover, plain} {
+		t.Run(m.String(), func(t *testing.T) { test(t, m) })
+	}
+}
+
+// envConfig is what a test may change in its endpoint.
+type envConfig struct {
+	mode    mode
+	timeout time.Duration
+	opts    Options
+	// hub wraps the registry, to make things happen at chosen moments.
+	hub func(channels.Hub) channels.Hub
+	// accepted sees each connection the server accepts, to set socket
+	// options on it.
+	accepted func(net.Conn)
 }
 
 func newEnv(t *testing.T, m mode, timeout time.Duration, o Options, wrap ...func(channels.Hub) channels.Hub) *env {
 	t.Helper()
-	e := &env{t: t, reg: channels.NewRegistry(channels.Options{}), state: security.New(true, timeout)}
-	var hub channels.Hub = e.reg
-	for _, w := range wrap {
-		hub = w(hub)
+	c := envConfig{mode: m, timeout: timeout, opts: o}
+	if len(wrap) > 0 {
+		c.hub = wrap[0]
 	}
-	e.h = New(hub, e.state, o)
+	return newEnvWith(t, c)
+}
+
+func newEnvWith(t *testing.T, c envConfig) *env {
+	t.Helper()
+	e := &env{t: t, reg: channels.NewRegistry(channels.Options{}), state: security.New(true, c.timeout)}
+	var hub channels.Hub = e.reg
+	if c.hub != nil {
+		hub = c.hub(hub)
+	}
+	if c.opts.Metrics == nil {
+		c.opts.Metrics = metrics.New(func() float64 { return float64(e.reg.Len()) }, func() float64 { return float64(e.h.Waiting()) })
+	}
+	e.metrics = c.opts.Metrics
+	e.h = New(hub, e.state, c.opts)
 	mux := http.NewServeMux()
 	mux.Handle("/comet", e.h)
 	mux.HandleFunc("/other", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "other "+r.Method)
 	})
 	srv := httptest.NewUnstartedServer(mux)
-	if m == takeover {
+	if c.accepted != nil {
+		srv.Listener = acceptHook{srv.Listener, c.accepted}
+	}
+	if c.mode == takeover {
 		srv.Listener = e.h.Listener(srv.Listener)
 	}
 	srv.Start()
@@ -67,6 +109,48 @@ func newEnv(t *testing.T, m mode, timeout time.Duration, o Options, wrap ...func
 	})
 	e.url = srv.URL + "/comet"
 	return e
+}
+
+// acceptHook calls f on every connection it accepts.
+type acceptHook struct {
+	net.Listener
+	f func(net.Conn)
+}
+
+func (l acceptHook) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.f(c)
+	}
+	return c, err
+}
+
+// replies is how many long-poll replies the endpoint counted with code.
+func (e *env) replies(code int) int {
+	e.t.Helper()
+	return int(counter(e.t, e.metrics, "comet_replies_total", "code", strconv.Itoa(code)))
+}
+
+// counter reads a counter of m; label and value select one series.
+func counter(t *testing.T, m *metrics.Metrics, name, label, value string) float64 {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return s.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 type reply struct {
@@ -115,16 +199,10 @@ func (e *env) pollAsync(body string) <-chan reply {
 	return c
 }
 
-// waitFor polls cond every few milliseconds for at most 5 seconds.
+// waitFor waits for cond, for at most 5 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	bounded.Wait(t, what, 5*time.Second, cond)
 }
 
 func (e *env) waitListeners(id string, n int) {
@@ -155,13 +233,7 @@ func (e *env) write(id, msg string) channels.Outcome {
 
 func receive(t *testing.T, c <-chan reply) reply {
 	t.Helper()
-	select {
-	case r := <-c:
-		return r
-	case <-time.After(5 * time.Second):
-		t.Fatal("no reply within 5s")
-		return reply{}
-	}
+	return bounded.Recv(t, "a reply", 5*time.Second, c)
 }
 
 type immediateCase struct {
@@ -188,7 +260,11 @@ func immediateCases() []immediateCase {
 		{"malformed escape", "POST", ContentType, "registration=%E", 400, "malformed body at byte 13: '%' not followed by two hex digits"},
 		{"lone surrogate", "POST", ContentType, "registration=%uD800", 400, "malformed body at byte 13: high surrogate..."},
 		{"pair without =", "POST", ContentType, "registration", 400, "malformed body at byte 0: parameter without '='"},
-		{"oversize body", "POST", ContentType, "registration=" + strings.Repeat("a", 8192), 413, "body too large: at most 8192 bytes"},
+		{"body of exactly the limit", "POST", ContentType, "registration=" + strings.Repeat("a", 8192-13), 200, strings.Repeat("a", 8192-13) + ":ENDED_CHANNEL"},
+		{"oversize body", "POST", ContentType, "registration=" + strings.Repeat("a", 8192-12), 413, "body too large: at most 8192 bytes"},
+		{"an id with ':' can name no channel", "POST", ContentType, "registration=a%3Ab", 200, "a:b:ENDED_CHANNEL"},
+		{"an id over 256 bytes can name no channel", "POST", ContentType, "registration=" + strings.Repeat("é", 129), 200, strings.Repeat("é", 129) + ":ENDED_CHANNEL"},
+		{"an id that is not UTF-8 can name no channel", "POST", ContentType, "registration=%FF%0Aok", 200, "\xff:ENDED_CHANNEL\nok:ENDED_CHANNEL"},
 		{"no content type", "POST", "", "registration=a", 415, "unsupported content type: want application/x-ocsigen-comet"},
 		{"form content type", "POST", "application/x-www-form-urlencoded", "registration=a", 415, "unsupported content type..."},
 		{"media type is case-sensitive", "POST", "Application/X-Ocsigen-Comet", "registration=a", 415, "unsupported content type..."},
@@ -237,24 +313,27 @@ func TestImmediateReplies(t *testing.T) {
 	})
 }
 
-// A body sent in chunks, with no Content-Length, is held to the same limit.
-func TestChunkedOversizeBody(t *testing.T) {
+// A body sent in chunks, with no Content-Length, is held to the same limit
+// as one of a declared length: exactly the limit is read, one byte more is
+// a 413.
+func TestChunkedBodyLimit(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m mode) {
 		e := newEnv(t, m, time.Minute, Options{MaxBodyBytes: 100})
-		pr, pw := io.Pipe()
-		go func() {
-			pw.Write([]byte("registration=" + strings.Repeat("a", 200)))
-			pw.Close()
-		}()
-		req, _ := http.NewRequest("POST", e.url, pr)
-		req.Header.Set("Content-Type", ContentType)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		chunked := func(body string) string {
+			return "POST /comet HTTP/1.1\r\nHost: test\r\nContent-Type: " + ContentType +
+				"\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				fmt.Sprintf("%x\r\n%s\r\n", 50, body[:50]) + fmt.Sprintf("%x\r\n%s\r\n", len(body)-50, body[50:]) + "0\r\n\r\n"
 		}
-		resp.Body.Close()
-		if resp.StatusCode != 413 || req.ContentLength > 0 {
-			t.Fatalf("status %d, want 413", resp.StatusCode)
+		fits := "registration=" + strings.Repeat("a", 100-len("registration="))
+		c := e.dial()
+		c.send(chunked(fits))
+		if r, _ := c.read(); r.status != 200 || r.body != strings.TrimPrefix(fits, "registration=")+":ENDED_CHANNEL" {
+			t.Fatalf("a chunked body of exactly the limit: %d %q", r.status, r.body)
+		}
+		c = e.dial()
+		c.send(chunked(fits + "a"))
+		if r, _ := c.read(); r.status != 413 || r.body != "body too large: at most 100 bytes" {
+			t.Fatalf("a chunked body one byte over: %d %q, want 413", r.status, r.body)
 		}
 	})
 }
@@ -384,6 +463,8 @@ func TestDefaultTimeoutIs20s(t *testing.T) {
 	})
 }
 
+// set_timeout applies to requests that start waiting from then on: a
+// request already waiting keeps the timeout it started with.
 func TestSetTimeoutAppliesToNewWaitsOnly(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m mode) {
 		e := newEnv(t, m, time.Hour, Options{})
@@ -391,21 +472,22 @@ func TestSetTimeoutAppliesToNewWaitsOnly(t *testing.T) {
 		old := e.pollAsync("registration=a")
 		e.waitListeners("a", 1)
 		e.state.SetTimeout(30*time.Millisecond, false)
-		start := time.Now()
-		if r := e.poll("registration=a"); r.status != 200 || r.body != "" {
-			t.Fatalf("new request: %d %q", r.status, r.body)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := e.do(ctx, "POST", ContentType, "registration=a")
+		if err != nil || r.status != 200 || r.body != "" {
+			t.Fatalf("a new request under a 30ms timeout: %d %q, %v; want an empty 200 well within 5s", r.status, r.body, err)
 		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatal("the new timeout did not apply to the new request")
+		// Ten times the new timeout later, the old request still waits.
+		if !bounded.Quiet(old, 300*time.Millisecond) {
+			t.Fatal("the request that started under the old timeout was answered under the new one")
 		}
-		select {
-		case r := <-old:
-			t.Fatalf("the old request got %d under the new timeout", r.status)
-		default:
+		if info, _ := e.reg.Info("a"); info.Listeners != 1 {
+			t.Fatalf("%d listeners, want the old request alone", info.Listeners)
 		}
 		e.write("a", "x")
-		if r := receive(t, old); r.body != "a:x" {
-			t.Fatalf("old request: %q", r.body)
+		if r := receive(t, old); r.status != 200 || r.body != "a:x" {
+			t.Fatalf("old request: %d %q", r.status, r.body)
 		}
 	})
 }
@@ -516,49 +598,80 @@ func TestClientHangUpCostsNothing(t *testing.T) {
 	})
 }
 
+// CORS (docs/cometserver.md): listed origins, or "*", get
+// Access-Control-Allow-Origin on every reply and an answered preflight;
+// others get a 403 preflight and no CORS header.
 func TestCORS(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m mode) {
-		e := newEnv(t, m, time.Minute, Options{CORSOrigins: []string{"https://app.example"}})
-		preflight := func(origin string) *http.Response {
+		preflight := func(e *env, origin, method string) reply {
+			t.Helper()
 			req, _ := http.NewRequest("OPTIONS", e.url, nil)
+			if origin != "" {
+				req.Header.Set("Origin", origin)
+			}
+			if method != "" {
+				req.Header.Set("Access-Control-Request-Method", method)
+				req.Header.Set("Access-Control-Request-Headers", "content-type")
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return reply{resp.StatusCode, string(b), resp.Header}
+		}
+		post := func(e *env, origin string) reply {
+			t.Helper()
+			req, _ := http.NewRequest("POST", e.url, strings.NewReader("registration=x"))
+			req.Header.Set("Content-Type", ContentType)
 			req.Header.Set("Origin", origin)
-			req.Header.Set("Access-Control-Request-Method", "POST")
-			req.Header.Set("Access-Control-Request-Headers", "content-type")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			return resp
+			return reply{resp.StatusCode, "", resp.Header}
 		}
-		ok := preflight("https://app.example")
-		if ok.StatusCode != 204 || ok.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
-			!strings.Contains(ok.Header.Get("Access-Control-Allow-Headers"), "Content-Type") {
-			t.Fatalf("allowed preflight: %d %v", ok.StatusCode, ok.Header)
+		allowed := func(r reply, origin string) bool {
+			return r.header.Get("Access-Control-Allow-Origin") == origin && r.header.Get("Vary") == "Origin"
 		}
-		if bad := preflight("https://evil.example"); bad.StatusCode != 403 || bad.Header.Get("Access-Control-Allow-Origin") != "" {
-			t.Fatalf("refused preflight: %d %v", bad.StatusCode, bad.Header)
+
+		for _, origins := range [][]string{{"https://app.example"}, {"*"}} {
+			e := newEnv(t, m, time.Minute, Options{CORSOrigins: origins})
+			ok := preflight(e, "https://app.example", "POST")
+			if ok.status != 204 || !allowed(ok, "https://app.example") ||
+				ok.header.Get("Access-Control-Allow-Methods") != "POST" ||
+				ok.header.Get("Access-Control-Allow-Headers") != "Content-Type" ||
+				ok.header.Get("Access-Control-Max-Age") != "600" {
+				t.Fatalf("%q: allowed preflight: %d %v", origins, ok.status, ok.header)
+			}
+			if r := post(e, "https://app.example"); r.status != 200 || !allowed(r, "https://app.example") {
+				t.Fatalf("%q: the actual request: %d %v", origins, r.status, r.header)
+			}
 		}
-		req, _ := http.NewRequest("POST", e.url, strings.NewReader("registration=x"))
-		req.Header.Set("Content-Type", ContentType)
-		req.Header.Set("Origin", "https://app.example")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+
+		e := newEnv(t, m, time.Minute, Options{CORSOrigins: []string{"https://app.example"}})
+		if bad := preflight(e, "https://evil.example", "POST"); bad.status != 403 || bad.body != "origin not allowed" ||
+			bad.header.Get("Access-Control-Allow-Origin") != "" || bad.header.Get("Access-Control-Allow-Methods") != "" {
+			t.Fatalf("refused preflight: %d %q %v", bad.status, bad.body, bad.header)
 		}
-		resp.Body.Close()
-		if resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
-			t.Fatal("no CORS header on the actual request")
+		if r := post(e, "https://evil.example"); r.header.Get("Access-Control-Allow-Origin") != "" {
+			t.Fatalf("a reply to an origin not listed carries %v", r.header)
+		}
+		// An OPTIONS that is no preflight is answered with what is allowed.
+		for _, r := range []reply{preflight(e, "", ""), preflight(e, "https://app.example", "")} {
+			if r.status != 204 || r.header.Get("Allow") != "POST, OPTIONS" || r.header.Get("Access-Control-Allow-Methods") != "" {
+				t.Fatalf("plain OPTIONS: %d %v", r.status, r.header)
+			}
 		}
 
 		none := newEnv(t, m, time.Minute, Options{})
-		req, _ = http.NewRequest("POST", none.url, strings.NewReader("registration=x"))
-		req.Header.Set("Content-Type", ContentType)
-		req.Header.Set("Origin", "https://app.example")
-		resp, _ = http.DefaultClient.Do(req)
-		resp.Body.Close()
-		if resp.Header.Get("Access-Control-Allow-Origin") != "" {
-			t.Fatal("an origin was allowed by default")
+		if r := post(none, "https://app.example"); r.header.Get("Access-Control-Allow-Origin") != "" || r.header.Get("Vary") != "" {
+			t.Fatalf("an origin was allowed by default: %v", r.header)
+		}
+		if r := preflight(none, "https://app.example", "POST"); r.status != 403 {
+			t.Fatalf("a preflight with no origin allowed: %d", r.status)
 		}
 	})
 }

@@ -199,6 +199,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, p *poll) bool
 	// net/http's Shutdown stops waiting for a connection once it is
 	// hijacked: until it is tracked, ours must count it instead.
 	h.hijacks++
+	hijacked := h.hijacked
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -208,6 +209,9 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, p *poll) bool
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false // HTTP/2, a recorder: not a connection of our own
+	}
+	if hijacked != nil {
+		hijacked()
 	}
 	if rc, ok := conn.(*replayConn); ok && len(rc.replay) == 0 {
 		conn = rc.Conn // given back earlier, and its replay is read

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 // rawConn is a client connection written by hand, to control exactly what
@@ -102,6 +104,7 @@ func (e *env) park(c *rawConn) {
 // A waiting poll costs one goroutine once its connection is taken over,
 // against two inside net/http.
 func TestTakeoverHoldsAWaitWithOneGoroutine(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	const n = 200
 	for _, tt := range []struct {
 		m        mode
@@ -119,12 +122,12 @@ func TestTakeoverHoldsAWaitWithOneGoroutine(t *testing.T) {
 			}
 			e.waitListeners("a", n)
 			// net/http's goroutines of a taken-over request end just after the
-			// handler returns.
-			time.Sleep(50 * time.Millisecond)
-			per10 := (runtime.NumGoroutine() - before) * 10 / n
-			if per10 < tt.min || per10 > tt.max {
+			// handler returns: wait for the count to settle in the range.
+			per10 := func() int { return (runtime.NumGoroutine() - before) * 10 / n }
+			if !bounded.Until(5*time.Second, func() bool { return per10() >= tt.min && per10() <= tt.max }) {
+				p := per10()
 				t.Fatalf("%d.%d goroutines per waiting request, want %d.%d to %d.%d",
-					per10/10, per10%10, tt.min/10, tt.min%10, tt.max/10, tt.max%10)
+					p/10, p%10, tt.min/10, tt.min%10, tt.max/10, tt.max%10)
 			}
 			if out := e.write("a", "m"); out.Delivered != n {
 				t.Fatalf("outcome %+v", out)
@@ -141,6 +144,7 @@ func TestTakeoverHoldsAWaitWithOneGoroutine(t *testing.T) {
 // On a taken-over connection the next requests are read by the handler
 // itself and get exactly the answers net/http would give them.
 func TestImmediateRepliesOnATakenOverConnection(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	e := newEnv(t, takeover, time.Minute, Options{})
 	c := e.dial()
 	e.park(c)
@@ -172,6 +176,7 @@ func TestImmediateRepliesOnATakenOverConnection(t *testing.T) {
 // included, and gives anything else back to net/http, which serves it and
 // can hand the connection over again.
 func TestTakenOverConnectionKeepsServing(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	e := newEnv(t, takeover, time.Minute, Options{})
 	e.create("a")
 	c := e.dial()
@@ -219,6 +224,7 @@ func TestTakenOverConnectionKeepsServing(t *testing.T) {
 // What net/http would refuse on a connection it reads, a taken-over one
 // refuses too, then closes.
 func TestTakenOverConnectionLimits(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	e := newEnv(t, takeover, time.Minute, Options{MaxHeaderBytes: 1024, ReadHeaderTimeout: 200 * time.Millisecond})
 	for _, tt := range []struct {
 		name, send string
@@ -249,6 +255,7 @@ func TestTakenOverConnectionLimits(t *testing.T) {
 // Between requests a taken-over connection is closed after the idle
 // timeout, and at once when the handler shuts down.
 func TestTakenOverConnectionIdleAndShutdown(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	e := newEnv(t, takeover, time.Minute, Options{IdleTimeout: 100 * time.Millisecond})
 	c := e.dial()
 	e.park(c)
@@ -275,4 +282,140 @@ func TestTakenOverConnectionIdleAndShutdown(t *testing.T) {
 	if e2.parkedConns() != 0 {
 		t.Fatalf("%d parked after Shutdown", e2.parkedConns())
 	}
+}
+
+// On a taken-over connection, a poll that net/http must serve goes back to
+// it: HTTP/1.0 (answered as HTTP/1.0, then closed) and Connection: close
+// (answered, then closed). Both still wait for their message.
+func TestTakenOverConnectionHandsBackWhatItDoesNotServe(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	for _, tt := range []struct {
+		name, request, proto string
+	}{
+		{"HTTP/1.0", strings.Replace(pollRequest("registration=a"), "HTTP/1.1", "HTTP/1.0", 1), "HTTP/1.0"},
+		{"Connection: close", request("POST", "/comet", ContentType, "registration=a", "Connection: close"), "HTTP/1.1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := e.dial()
+			e.park(c)
+			c.send(tt.request)
+			e.waitListeners("a", 1)
+			waitFor(t, "the connection back with net/http", func() bool { return e.parkedConns() == 0 })
+			e.write("a", "m")
+			c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			resp, err := http.ReadResponse(c.br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.Proto != tt.proto || resp.StatusCode != 200 || string(b) != "a:m" || !resp.Close {
+				t.Fatalf("%s %d %q (close %v), want %s 200 \"a:m\" and close", resp.Proto, resp.StatusCode, b, resp.Close, tt.proto)
+			}
+			if !c.closedByServer() {
+				t.Fatal("left open")
+			}
+		})
+	}
+}
+
+// A client may send its next request while a poll waits; the bytes wait
+// for the poll's reply. More than 64 KiB of them closes the connection,
+// and the poll stops listening.
+func TestBytesSentWhileWaiting(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Hour, Options{})
+	e.create("a")
+	c := e.dial()
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	next := request("GET", "/other", "", "")
+	for _, b := range []byte(next) { // byte by byte, each read on its own
+		c.send(string(b))
+	}
+	e.write("a", "first")
+	if r, _ := c.read(); r.body != "a:first" {
+		t.Fatalf("the waiting poll: %q", r.body)
+	}
+	if r, _ := c.read(); r.status != 200 || r.body != "other GET" {
+		t.Fatalf("the request sent while it waited: %d %q", r.status, r.body)
+	}
+
+	flood := e.dial()
+	flood.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	flood.c.Write([]byte(strings.Repeat("x", 64<<10+1)))
+	if !flood.closedByServer() {
+		t.Fatal("a client that sent over 64 KiB while waiting was kept")
+	}
+	e.waitListeners("a", 0)
+	waitFor(t, "no waiting request", func() bool { return e.h.Waiting() == 0 })
+	if out := e.write("a", "m"); !out.NoListener() {
+		t.Fatalf("outcome %+v after the flood", out)
+	}
+}
+
+// A later request on a taken-over connection gets the state of that
+// moment: 503 while deactivated, with the connection kept for the next;
+// 503 and a closed connection while draining.
+func TestLaterRequestOnATakenOverConnectionSeesTheState(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	c := e.dial()
+	e.park(c)
+	e.state.Deactivate()
+	c.send(pollRequest("registration=a"))
+	if r, closing := c.read(); r.status != 503 || closing {
+		t.Fatalf("deactivated: %d (close %v), want 503 on a kept connection", r.status, closing)
+	}
+	if e.parkedConns() != 1 {
+		t.Fatal("the connection is no longer taken over")
+	}
+	e.state.Activate()
+	e.park(c) // the same connection serves polls again
+	e.state.Drain()
+	c.send(pollRequest("registration=a"))
+	if r, closing := c.read(); r.status != 503 || !closing {
+		t.Fatalf("draining: %d (close %v), want 503 and close", r.status, closing)
+	}
+	if !c.closedByServer() {
+		t.Fatal("left open while draining")
+	}
+}
+
+// Shutdown waits for a poll taken over in the window between its hijack
+// and its tracking (a regression test for 2be11ef): the poll gets its 503
+// before Shutdown returns.
+func TestShutdownWaitsForATakeoverInFlight(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Hour, Options{})
+	e.create("a")
+	inWindow, release := make(chan struct{}), make(chan struct{})
+	e.h.mu.Lock()
+	e.h.hijacked = func() { close(inWindow); <-release }
+	e.h.mu.Unlock()
+	c := e.dial()
+	c.send(pollRequest("registration=a"))
+	bounded.Recv(t, "the takeover between hijack and track", 5*time.Second, inWindow)
+
+	e.state.Drain()
+	shutdown := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		e.h.Shutdown(ctx)
+		close(shutdown)
+	}()
+	// Shutdown polls every 5ms: had it missed the connection, it would
+	// return within that.
+	if !bounded.Quiet(shutdown, 200*time.Millisecond) {
+		t.Fatal("Shutdown returned while a takeover was between hijack and track")
+	}
+	close(release)
+	if r, closing := c.read(); r.status != 503 || !closing {
+		t.Fatalf("the poll in flight: %d (close %v), want 503 and close", r.status, closing)
+	}
+	bounded.Recv(t, "Shutdown to return", 5*time.Second, shutdown)
 }
