@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"errors"
 	"log/slog"
+	"math"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -47,6 +49,9 @@ func TestParse(t *testing.T) {
 		{line: "comet:set_timeout 0x10", err: "decimal number"},
 		{line: "comet:set_timeout 20s", err: "decimal number"},
 		{line: "comet:set_timeout 99999999999999", err: "too large"},
+		{line: "comet:" + strings.Repeat("v", 58), err: `unknown command "` + strings.Repeat("v", 58) + `"`}, // 58 bytes: not truncated
+		{line: "comet:" + strings.Repeat("v", 64), err: `unknown command "` + strings.Repeat("v", 64) + `"`},
+		{line: "comet:" + strings.Repeat("v", 65), err: `unknown command "` + strings.Repeat("v", 64) + `..."`},
 	}
 	for _, tt := range tests {
 		got, err := Parse(tt.line)
@@ -65,8 +70,12 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// FuzzParse: a line that parses renders as a line that parses back to the
+// same command, timeout included to the nanosecond; a refused line yields
+// no command.
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"comet:activate", "comet:set_timeout 2.5 KILL", "comet:set_timeout .", "comet:status\t", "comet:", ""} {
+	for _, s := range []string{"comet:activate", "comet:set_timeout 2.5 KILL", "comet:set_timeout .", "comet:status\t", "comet:", "",
+		"comet:set_timeout 9223372036.854775806", "comet:set_timeout 0.0000000005", "comet:set_timeout 123456789.987654321 KILL"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
@@ -80,8 +89,51 @@ func FuzzParse(f *testing.F) {
 		if cmd.Verb == SetTimeout && cmd.Timeout <= 0 {
 			t.Fatalf("timeout %v accepted from %q", cmd.Timeout, line)
 		}
-		if back, err := Parse(cmd.String()); err != nil || back.Verb != cmd.Verb || back.Kill != cmd.Kill {
+		if back, err := Parse(cmd.String()); err != nil || back != cmd {
 			t.Fatalf("%q parsed to %+v, which renders as %q and parses to %+v, %v", line, cmd, cmd.String(), back, err)
+		}
+	})
+}
+
+// FuzzParseSeconds checks ParseSeconds against exact rational arithmetic:
+// the seconds times 10^9, rounded half up, when that is at least 1 and
+// below the largest duration; refused otherwise.
+func FuzzParseSeconds(f *testing.F) {
+	for _, s := range []string{"20", "2.5", ".5", "3.", "0", "0.0000000004", "0.0000000005", "9223372036.854775806",
+		"9223372036.854775807", "99999999999", "1.9999999995", "00000000000000000001", "-1", "1e3", "", "."} {
+		f.Add(s)
+	}
+	billion := big.NewRat(int64(time.Second), 1)
+	half := big.NewRat(1, 2)
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseSeconds(s)
+		if !decimal.MatchString(s) {
+			if err == nil {
+				t.Fatalf("%q is no plain decimal, yet parsed to %v", s, got)
+			}
+			return
+		}
+		r, ok := new(big.Rat).SetString(s)
+		if !ok {
+			t.Fatalf("big.Rat cannot read %q", s)
+		}
+		r.Mul(r, billion).Add(r, half)
+		want := new(big.Int).Quo(r.Num(), r.Denom()) // floor(x*1e9 + 1/2): half up
+		switch {
+		case want.Sign() <= 0:
+			if err == nil || !strings.Contains(err.Error(), "greater than 0") {
+				t.Fatalf("%q: %v, %v; want refused as not greater than 0", s, got, err)
+			}
+		case want.Cmp(big.NewInt(math.MaxInt64)) >= 0:
+			if err == nil || !strings.Contains(err.Error(), "too large") {
+				t.Fatalf("%q: %v, %v; want refused as too large", s, got, err)
+			}
+		case err != nil || int64(got) != want.Int64():
+			t.Fatalf("%q: %d ns, %v; want %s ns", s, got, err, want)
+		default:
+			if back, err := ParseSeconds(FormatSeconds(got)); err != nil || back != got {
+				t.Fatalf("%v renders as %q, which reads back as %v, %v", got, FormatSeconds(got), back, err)
+			}
 		}
 	})
 }
@@ -134,6 +186,9 @@ func TestSocket(t *testing.T) {
 	answers, err := c.Do("comet:deactivate", "comet:bogus", "comet:set_timeout 5 KILL", "comet:set_timeout 0 KILL", "comet:status")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if empty, err := c.Do("", "\r", " \t"); err != nil || strings.Join(empty, "|") != "error: empty command|error: empty command|error: empty command" {
+		t.Fatalf("empty lines: %q, %v", empty, err)
 	}
 	want := []string{"ok", `error: unknown command "bogus"`, "ok", "error: set_timeout: seconds must be greater than 0, got \"0\""}
 	for i, w := range want {

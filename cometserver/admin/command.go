@@ -45,9 +45,6 @@ func (c Command) String() string {
 	return s
 }
 
-// maxTimeout keeps seconds within what a time.Duration holds.
-const maxTimeout = time.Duration(math.MaxInt64)
-
 var decimal = regexp.MustCompile(`^([0-9]+(\.[0-9]*)?|\.[0-9]+)$`)
 
 // Parse reads one command line. Spaces and tabs separate words; leading and
@@ -86,28 +83,52 @@ func Parse(line string) (Command, error) {
 	}
 }
 
-// ParseSeconds reads a decimal number of seconds, finite and greater than 0.
+// ParseSeconds reads a decimal number of seconds, finite and greater than
+// 0, rounded to the nanosecond (half up), below the largest Go duration.
+// It works on the digits, not through a float, so that every duration
+// FormatSeconds writes comes back exactly.
 func ParseSeconds(s string) (time.Duration, error) {
 	if !decimal.MatchString(s) {
 		return 0, fmt.Errorf("seconds must be a decimal number such as 20 or 2.5, got %q", truncate(s))
 	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		return 0, fmt.Errorf("seconds %q: %w", truncate(s), err)
-	}
-	ns := math.Round(f * float64(time.Second))
-	switch {
-	case ns < 1:
-		return 0, fmt.Errorf("seconds must be greater than 0, got %q", truncate(s))
-	case ns >= float64(maxTimeout):
+	whole, frac, _ := strings.Cut(s, ".")
+	whole = strings.TrimLeft(whole, "0")
+	const maxSeconds = math.MaxInt64 / int64(time.Second)
+	if len(whole) > len(strconv.FormatInt(maxSeconds, 10)) {
 		return 0, fmt.Errorf("seconds %q too large", truncate(s))
 	}
-	return time.Duration(ns), nil
+	var sec, ns int64
+	for _, c := range []byte(whole) {
+		sec = sec*10 + int64(c-'0')
+	}
+	for i := range 9 {
+		ns *= 10
+		if i < len(frac) {
+			ns += int64(frac[i] - '0')
+		}
+	}
+	if len(frac) > 9 && frac[9] >= '5' {
+		ns++ // 999999999 + 1 carries into the seconds below, exactly
+	}
+	if sec > maxSeconds || sec == maxSeconds && ns >= math.MaxInt64%int64(time.Second) {
+		return 0, fmt.Errorf("seconds %q too large", truncate(s))
+	}
+	d := time.Duration(sec)*time.Second + time.Duration(ns)
+	if d < 1 {
+		return 0, fmt.Errorf("seconds must be greater than 0, got %q", truncate(s))
+	}
+	return d, nil
 }
 
-// FormatSeconds renders d as decimal seconds that ParseSeconds reads back.
+// FormatSeconds renders d (at least 0) as decimal seconds, exactly, which
+// ParseSeconds reads back to d.
 func FormatSeconds(d time.Duration) string {
-	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64)
+	sec, ns := int64(d/time.Second), int64(d%time.Second)
+	if ns == 0 {
+		return strconv.FormatInt(sec, 10)
+	}
+	frac := strings.TrimRight(fmt.Sprintf("%09d", ns), "0")
+	return strconv.FormatInt(sec, 10) + "." + frac
 }
 
 // truncate keeps untrusted input short in error lines.

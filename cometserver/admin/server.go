@@ -67,12 +67,16 @@ func (e *Executor) Exec(line string, source string) string {
 
 // Limits of one socket connection.
 const (
-	maxLineBytes = 4096
-	idleTimeout  = time.Minute
+	maxLineBytes       = 4096
+	defaultIdleTimeout = time.Minute
 )
 
 // Socket is the admin Unix socket.
 type Socket struct {
+	// IdleTimeout closes a connection that sends no line for this long
+	// (default a minute). Set it before Serve.
+	IdleTimeout time.Duration
+
 	ln   net.Listener
 	exec *Executor
 	wg   sync.WaitGroup
@@ -174,9 +178,13 @@ func (s *Socket) Close() error {
 
 func (s *Socket) serveConn(c net.Conn) {
 	defer c.Close()
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = defaultIdleTimeout
+	}
 	r := bufio.NewReaderSize(c, maxLineBytes)
 	for {
-		_ = c.SetReadDeadline(time.Now().Add(idleTimeout))
+		_ = c.SetReadDeadline(time.Now().Add(idle))
 		line, err := r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			s.exec.Logger.Warn("admin command refused", "source", "socket", "error", "line too long")
