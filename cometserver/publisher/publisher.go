@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -146,11 +148,7 @@ func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h(w, r)
 		return
 	}
-	allow := make([]string, 0, len(m))
-	for method := range m {
-		allow = append(allow, method)
-	}
-	w.Header().Set("Allow", strings.Join(allow, ", "))
+	w.Header().Set("Allow", strings.Join(slices.Sorted(maps.Keys(m)), ", "))
 	writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.Method+" is not allowed here")
 }
 

@@ -3,7 +3,9 @@ package publisher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/metrics"
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 type testAPI struct {
@@ -210,17 +213,202 @@ func TestReadToken(t *testing.T) {
 	}
 }
 
-// A publisher that gives up waiting for an outcome gets what is known.
-func TestWriteGivesUp(t *testing.T) {
-	a := newAPI(t, "", nil)
-	a.reg.Create("c")
-	w, _ := a.reg.Subscribe([]string{"c"}) // never resolves
+// A publisher that hangs up while its write waits for an outcome frees
+// the server: the request ends, it does not hold the handler.
+func TestPublisherHangUpEndsTheWrite(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	reg := channels.NewRegistry(channels.Options{})
+	defer reg.Stop()
+	m := metrics.New(func() float64 { return 0 }, func() float64 { return 0 })
+	srv := httptest.NewUnstartedServer(New(reg, Options{Metrics: m}))
+	closed := make(chan struct{}, 1)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	reg.Create("c")
+	w, _ := reg.Subscribe([]string{"c"}) // never resolves
 	defer w.Detach()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "POST", a.url+"/v1/channels/c/messages", strings.NewReader("m"))
-	if _, err := http.DefaultClient.Do(req); err == nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/v1/channels/c/messages", strings.NewReader("m"))
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	bounded.Recv(t, "the message at its waiter", 5*time.Second, w.Ready())
+	cancel()
+	if err := bounded.Recv(t, "the client to give up", 5*time.Second, errc); err == nil {
 		t.Fatal("the write answered before its outcome was known")
+	}
+	bounded.Recv(t, "the server to end the request of a publisher that left", 5*time.Second, closed)
+	bounded.Wait(t, "the write counted", 5*time.Second, func() bool {
+		return gather(t, m, "comet_messages_written_total", "", "") == 1
+	})
+}
+
+// gather reads a counter of m; label and value, if given, select a series.
+func gather(t *testing.T, m *metrics.Metrics, name, label, value string) float64 {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			if label == "" {
+				return s.GetCounter().GetValue()
+			}
+			for _, l := range s.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return s.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// Deliveries are counted by result, from each write's outcome.
+func TestDeliveryMetrics(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	reg := channels.NewRegistry(channels.Options{})
+	defer reg.Stop()
+	m := metrics.New(func() float64 { return float64(reg.Len()) }, func() float64 { return 0 })
+	srv := httptest.NewServer(New(reg, Options{Metrics: m}))
+	defer srv.Close()
+	reg.Create("c")
+	for round, fates := range [][]bool{{true, false, true}, {false}, {}} {
+		var ws []*channels.Waiter
+		for range fates {
+			w, _ := reg.Subscribe([]string{"c"})
+			ws = append(ws, w)
+		}
+		go func() {
+			for i, w := range ws {
+				<-w.Ready()
+				channels.Resolve(w.Detach(), fates[i])
+			}
+		}()
+		resp, err := http.Post(srv.URL+"/v1/channels/c/messages", "text/plain", strings.NewReader("m"))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("round %d: %v %v", round, resp, err)
+		}
+		resp.Body.Close()
+	}
+	for _, tt := range []struct {
+		name, label, value string
+		want               float64
+	}{
+		{"comet_messages_written_total", "", "", 3},
+		{"comet_message_deliveries_total", "result", "delivered", 2},
+		{"comet_message_deliveries_total", "result", "failed", 2},
+	} {
+		if got := gather(t, m, tt.name, tt.label, tt.value); got != tt.want {
+			t.Errorf("%s{%s=%q} = %v, want %v", tt.name, tt.label, tt.value, got, tt.want)
+		}
+	}
+}
+
+// failingHub fails every operation with an error the API does not know.
+type failingHub struct{ channels.Hub }
+
+func (failingHub) Create(string) (string, error) { return "", errors.New("broker down") }
+
+// Bodies and errors the API must answer precisely.
+func TestRequestEdges(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	a := newAPI(t, "", nil)
+	for _, body := range []string{"", "  \n", "{}", `{"name":""}`} {
+		var created struct{ ID string }
+		if r := a.call("POST", "/v1/channels", body); r.status != 201 || json.Unmarshal([]byte(r.body), &created) != nil || len(created.ID) != 22 {
+			t.Fatalf("create with body %q: %d %s, want a generated id", body, r.status, r.body)
+		}
+	}
+	big := `{"name":"` + strings.Repeat("x", 4096) + `"}`
+	if r := a.call("POST", "/v1/channels", big); r.status != 400 || !strings.Contains(r.body, "cannot read body") {
+		t.Fatalf("a create body over 4 KiB: %d %s", r.status, r.body)
+	}
+	expectError(t, a.call("POST", "/v1/channels", `{"name":1}`), 400, CodeInvalidBody)
+	expectError(t, a.call("POST", "/v1/channels", `{"name":"`+strings.Repeat("x", 257)+`"}`), 400, CodeInvalidName)
+	r := a.call("PUT", "/v1/channels/x", "")
+	expectError(t, r, 405, CodeMethodNotAllowed)
+	if r.header.Get("Allow") != "DELETE, GET" {
+		t.Fatalf("Allow %q", r.header.Get("Allow"))
+	}
+	if r := a.call("GET", "/v1/channels", ""); r.status != 405 || r.header.Get("Allow") != "POST" {
+		t.Fatalf("GET /v1/channels: %d, Allow %q", r.status, r.header.Get("Allow"))
+	}
+	if r := a.call("GET", "/v1/channels/c/messages", ""); r.status != 405 || r.header.Get("Allow") != "POST" {
+		t.Fatalf("GET messages: %d, Allow %q", r.status, r.header.Get("Allow"))
+	}
+	if r := a.call("GET", "/healthz", ""); r.status != 200 || r.body != "ok\n" {
+		t.Fatalf("healthz: %d %q", r.status, r.body)
+	}
+	if r := a.call("POST", "/v1/channels", `{"name":"c"}`); r.header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("Cache-Control %q", r.header.Get("Cache-Control"))
+	}
+
+	reg := channels.NewRegistry(channels.Options{})
+	defer reg.Stop()
+	srv := httptest.NewServer(New(failingHub{reg}, Options{}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/v1/channels", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	expectError(t, answer{resp.StatusCode, string(b), resp.Header}, 503, CodeUnavailable)
+	if !strings.Contains(string(b), "broker down") {
+		t.Fatalf("the hub's error is not told: %s", b)
+	}
+	// No Ready function: always ready.
+	if resp, err := http.Get(srv.URL + "/readyz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("readyz without a Ready function: %v %v", resp, err)
+	}
+}
+
+// The token is checked before readiness: a stranger learns nothing, not
+// even that the server drains.
+func TestTokenBeforeReadiness(t *testing.T) {
+	a := newAPI(t, "s3cret", nil)
+	a.ready.Store(false)
+	req, _ := http.NewRequest("POST", a.url+"/v1/channels", nil)
+	req.Header.Set("Authorization", "Bearer nope")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("wrong token while draining: %d, want 401", resp.StatusCode)
+	}
+	r := a.call("POST", "/v1/channels", "")
+	expectError(t, r, 503, CodeUnavailable)
+	if r.header.Get("Retry-After") != "1" {
+		t.Fatalf("Retry-After %q", r.header.Get("Retry-After"))
+	}
+	for _, tok := range []string{"Bearer ", "Bearer  s3cret", "Bearer\ts3cret"} {
+		req, _ := http.NewRequest("GET", a.url+"/v1/channels/x", nil)
+		req.Header.Set("Authorization", tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Fatalf("Authorization %q: %d, want 401", tok, resp.StatusCode)
+		}
 	}
 }
 
