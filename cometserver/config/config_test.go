@@ -70,11 +70,11 @@ cors_origins: ["https://a.example"]
 
 	// --config wins over COMET_CONFIG; the flag form of max_virtual_channels.
 	other := writeFile(t, "timeout: 5s\n")
-	c, err = Load([]string{"--config", other, "--max-virtual-channels", "0", "--activated=false", "--cors-origins", "https://a.example, *"}, noEnv)
+	c, err = Load([]string{"--config", other, "--max-virtual-channels", "0", "--activated=false", "--cors-origins", "https://a.example, *,http://b.example:8080"}, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Timeout.Duration != 5*time.Second || *c.MaxVirtualChannels.Ptr() != 0 || c.Activated || len(c.CORSOrigins) != 2 {
+	if c.Timeout.Duration != 5*time.Second || *c.MaxVirtualChannels.Ptr() != 0 || c.Activated || len(c.CORSOrigins) != 3 {
 		t.Errorf("%+v", c)
 	}
 }
@@ -124,6 +124,10 @@ func TestErrorsNameTheField(t *testing.T) {
 		{name: "port", file: `listen: ":http2"`, want: "listen: bad port"},
 		{name: "origin with path", file: `cors_origins: ["https://a.example/app"]`, want: "cors_origins:"},
 		{name: "origin trailing slash", file: `cors_origins: ["https://a.example/"]`, want: "cors_origins: origin"},
+		{name: "origin scheme", file: `cors_origins: ["ftp://a.example"]`, want: "cors_origins: want"},
+		{name: "origin without host", file: `cors_origins: ["https://"]`, want: "cors_origins: want"},
+		{name: "origin with query", file: `cors_origins: ["https://a.example?x=1"]`, want: "cors_origins: want"},
+		{name: "origin with user", file: `cors_origins: ["https://u@a.example"]`, want: "cors_origins: want"},
 		{name: "log level", file: "log_level: loud", want: "log_level:"},
 		{name: "public publisher without token", file: `publisher_listen: ":8081"`, want: "publisher_listen: without publisher_token_file it must be a loopback address"},
 		{name: "empty socket", file: `admin_socket: ""`, want: "admin_socket: must not be empty"},

@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 func TestUnescape(t *testing.T) {
@@ -32,6 +36,12 @@ func TestUnescape(t *testing.T) {
 		{in: "%uD83Dx", err: "high surrogate"},
 		{in: "%uD83D%u0041", err: "high surrogate"},
 		{in: "%uDE00", err: "low surrogate"},
+		{in: "%uDC00%uDC00", err: "low surrogate"},                   // the first of the low range
+		{in: "%uD800%uDC00", want: "\U00010000"},                     // the first pair
+		{in: "%uDBFF%uDFFF", want: "\U0010FFFF"},                     // the last pair
+		{in: "%uD7FF%uE000", want: "\uD7FF\uE000"},                   // just outside the surrogates
+		{in: "%FF%ff%Af%aF%09%90", want: "\xff\xff\xaf\xaf\x09\x90"}, // every hex digit case
+		{in: "%u00ff%u00FF", want: "ÿÿ"},
 	}
 	for _, tt := range tests {
 		got, err := Unescape(tt.in)
@@ -104,6 +114,19 @@ func TestParseRegistration(t *testing.T) {
 	}
 }
 
+// maxIDs of 0 or less sets no bound.
+func TestNoBound(t *testing.T) {
+	ids := make([]string, 300)
+	for i := range ids {
+		ids[i] = fmt.Sprint(i)
+	}
+	for _, max := range []int{0, -1} {
+		if got, err := ParseRegistration([]byte("registration="+strings.Join(ids, "%0A")), max); err != nil || len(got) != 300 {
+			t.Fatalf("300 ids with max %d: %d, %v", max, len(got), err)
+		}
+	}
+}
+
 func TestSyntaxErrorOffset(t *testing.T) {
 	_, err := ParseRegistration([]byte("a=1&registration=ok%zz"), 0)
 	var se *SyntaxError
@@ -146,32 +169,155 @@ func TestPayloadRoundTrip(t *testing.T) {
 	}
 }
 
+// FuzzParseRegistration compares ParseRegistration with refParse, a
+// plain reference decoding written apart from it: the same identifiers, or
+// the same kind of error.
 func FuzzParseRegistration(f *testing.F) {
 	for _, seed := range []string{
 		"registration=a%0Ab", "registration=%uD83D%uDE00", "registration=a+b&registration=c",
 		"registration", "%", "%u", "%uD800%", "registration=%0A%0A", "&&", "a=b=c",
+		"registration=%uDE00", "registration=%uD83D%u0041", "%72egistration=x", "registration=%E9%0A%e9",
 	} {
-		f.Add([]byte(seed))
+		f.Add([]byte(seed), uint8(4))
+		f.Add([]byte(seed), uint8(0))
 	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		ids, err := ParseRegistration(body, 128)
+	f.Fuzz(func(t *testing.T, body []byte, max uint8) {
+		maxIDs := int(max % 8) // 0: no bound
+		ids, err := ParseRegistration(body, maxIDs)
+		want, wantErr := refParse(string(body), maxIDs)
+		if kind(err) != wantErr {
+			t.Fatalf("%q (max %d): error %v, the reference says %q", body, maxIDs, err, wantErr)
+		}
 		if err != nil {
 			if len(ids) != 0 {
 				t.Fatalf("ids %q returned with error %v", ids, err)
 			}
 			return
 		}
-		if len(ids) == 0 || len(ids) > 128 {
-			t.Fatalf("%d ids without error", len(ids))
-		}
-		seen := map[string]bool{}
-		for _, id := range ids {
-			if id == "" || strings.Contains(id, "\n") || seen[id] {
-				t.Fatalf("bad id %q in %q", id, ids)
-			}
-			seen[id] = true
+		if strings.Join(ids, "\x00") != strings.Join(want, "\x00") || len(ids) != len(want) {
+			t.Fatalf("%q: ids %q, the reference decodes %q", body, ids, want)
 		}
 	})
+}
+
+func kind(err error) string {
+	var se *SyntaxError
+	var tm *TooManyIDsError
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, ErrEmptyRegistration):
+		return "empty"
+	case errors.As(err, &se):
+		return "syntax"
+	case errors.As(err, &tm):
+		return "too many"
+	}
+	return "other: " + err.Error()
+}
+
+// refParse is the protocol's section 1 read literally: pairs split on '&',
+// empty pairs skipped, a pair without '=' refused, names and values decoded
+// (refUnescape), only "registration" read, its value split on '\n', empty
+// identifiers dropped, later duplicates dropped, more than maxIDs refused.
+func refParse(body string, maxIDs int) ([]string, string) {
+	var ids []string
+	for _, pair := range strings.Split(body, "&") {
+		if pair == "" {
+			continue
+		}
+		eq := strings.IndexByte(pair, '=')
+		if eq < 0 {
+			return nil, "syntax"
+		}
+		name, ok := refUnescape(pair[:eq])
+		if !ok {
+			return nil, "syntax"
+		}
+		if name != "registration" {
+			continue
+		}
+		value, ok := refUnescape(pair[eq+1:])
+		if !ok {
+			return nil, "syntax"
+		}
+		for _, id := range strings.Split(value, "\n") {
+			if id != "" && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+			if maxIDs > 0 && len(ids) > maxIDs {
+				return nil, "too many"
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, "empty"
+	}
+	return ids, ""
+}
+
+// refUnescape decodes escape() and encodeURIComponent() text in two
+// passes: first into units (bytes from literals, '+' and %XX; UTF-16 code
+// units from %uXXXX), then runs of code units through unicode/utf16,
+// refusing a surrogate that is not half of a pair.
+func refUnescape(s string) (string, bool) {
+	type unit struct {
+		b    byte
+		cu   uint16
+		wide bool
+	}
+	var units []unit
+	for i := 0; i < len(s); {
+		switch {
+		case s[i] == '+':
+			units = append(units, unit{b: ' '})
+			i++
+		case strings.HasPrefix(s[i:], "%u"):
+			if len(s) < i+6 || !isHexString(s[i+2:i+6]) {
+				return "", false
+			}
+			v, _ := strconv.ParseUint(s[i+2:i+6], 16, 16)
+			units = append(units, unit{cu: uint16(v), wide: true})
+			i += 6
+		case s[i] == '%':
+			if len(s) < i+3 || !isHexString(s[i+1:i+3]) {
+				return "", false
+			}
+			v, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			units = append(units, unit{b: byte(v)})
+			i += 3
+		default:
+			units = append(units, unit{b: s[i]})
+			i++
+		}
+	}
+	var out []byte
+	for i := 0; i < len(units); i++ {
+		u := units[i]
+		if !u.wide {
+			out = append(out, u.b)
+			continue
+		}
+		pair := []uint16{u.cu}
+		if utf16.IsSurrogate(rune(u.cu)) {
+			if u.cu >= 0xDC00 || i+1 == len(units) || !units[i+1].wide || units[i+1].cu < 0xDC00 || units[i+1].cu > 0xDFFF {
+				return "", false
+			}
+			pair = append(pair, units[i+1].cu)
+			i++
+		}
+		out = utf8.AppendRune(out, utf16.Decode(pair)[0])
+	}
+	return string(out), true
+}
+
+func isHexString(s string) bool {
+	for _, c := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
+			return false
+		}
+	}
+	return true
 }
 
 func FuzzPayload(f *testing.F) {
