@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 func TestParse(t *testing.T) {
@@ -165,6 +167,7 @@ func (t *target) Status() StatusReply {
 
 func newSocket(t *testing.T) (*Socket, *target, string) {
 	t.Helper()
+	bounded.Test(t, time.Minute)
 	path := filepath.Join(t.TempDir(), "run", "admin.sock")
 	tg := &target{activated: true, timeout: 20 * time.Second}
 	s, err := ListenSocket(path, &Executor{Target: tg, Logger: slog.New(slog.DiscardHandler)})
@@ -275,6 +278,7 @@ func TestClientErrors(t *testing.T) {
 }
 
 func TestPipe(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	path := filepath.Join(t.TempDir(), "cmd.fifo")
 	tg := &target{activated: true, timeout: time.Second}
 	p, err := OpenPipe(path, &Executor{Target: tg, Logger: slog.New(slog.DiscardHandler)})
@@ -295,10 +299,7 @@ func TestPipe(t *testing.T) {
 		w.WriteString(lines)
 		w.Close()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for tg.Status().TimeoutDuration() != 7*time.Second && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	bounded.Wait(t, "the pipe's commands applied", 5*time.Second, func() bool { return tg.Status().TimeoutDuration() == 7*time.Second })
 	if st := tg.Status(); st.Activated || st.TimeoutDuration() != 7*time.Second {
 		t.Fatalf("after the pipe: %+v", st)
 	}

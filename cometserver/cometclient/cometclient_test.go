@@ -11,11 +11,13 @@ import (
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/longpoll"
 	"github.com/cometop/comet-operator/cometserver/security"
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 // The client against the real endpoint over a real socket: every byte of
 // a payload and a UTF-8 channel name survive the round trip.
 func TestPollRoundTrip(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	reg := channels.NewRegistry(channels.Options{})
 	defer reg.Stop()
 	state := security.New(true, time.Minute)
@@ -34,13 +36,11 @@ func TestPollRoundTrip(t *testing.T) {
 		}
 		done <- r
 	}()
-	for info, _ := reg.Info("room/é"); info.Listeners == 0; info, _ = reg.Info("room/é") {
-		time.Sleep(time.Millisecond)
-	}
+	bounded.Wait(t, "the poll waiting", 5*time.Second, func() bool { info, _ := reg.Info("room/é"); return info.Listeners == 1 })
 	if out, err := reg.Write(context.Background(), "room/é", all); err != nil || out.Delivered != 1 {
 		t.Fatalf("write: %+v %v", out, err)
 	}
-	r := <-done
+	r := bounded.Recv(t, "the reply", 5*time.Second, done)
 	if r.Status != 200 || len(r.Messages) != 2 || !r.Messages[0].Ended || r.Messages[0].Channel != "gone" ||
 		r.Messages[1].Channel != "room/é" || string(r.Messages[1].Data) != string(all) {
 		t.Fatalf("reply %+v", r)

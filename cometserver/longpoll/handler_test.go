@@ -77,6 +77,7 @@ func newEnv(t *testing.T, m mode, timeout time.Duration, o Options, wrap ...func
 
 func newEnvWith(t *testing.T, c envConfig) *env {
 	t.Helper()
+	bounded.Test(t, 2*time.Minute)
 	e := &env{t: t, reg: channels.NewRegistry(channels.Options{}), state: security.New(true, c.timeout)}
 	var hub channels.Hub = e.reg
 	if c.hub != nil {
@@ -309,6 +310,16 @@ func TestImmediateReplies(t *testing.T) {
 				}
 				tt.check(t, r)
 			})
+		}
+		// Each reply is counted once, by its status.
+		counts := map[int]int{}
+		for _, tt := range tests {
+			counts[tt.status]++
+		}
+		for code, n := range counts {
+			if got := e.replies(code); got != n {
+				t.Errorf("comet_replies_total{code=%q} = %d, want %d", fmt.Sprint(code), got, n)
+			}
 		}
 	})
 }

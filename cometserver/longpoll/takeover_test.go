@@ -148,7 +148,16 @@ func TestImmediateRepliesOnATakenOverConnection(t *testing.T) {
 	e := newEnv(t, takeover, time.Minute, Options{})
 	c := e.dial()
 	e.park(c)
+	counts := map[int]int{}
+	defer func() {
+		for code, n := range counts {
+			if got := e.replies(code); code != 200 && got != n {
+				t.Errorf("comet_replies_total{code=%q} = %d, want %d", fmt.Sprint(code), got, n)
+			}
+		}
+	}()
 	for _, tt := range immediateCases() {
+		counts[tt.status]++
 		t.Run(tt.name, func(t *testing.T) {
 			if e.parkedConns() != 1 {
 				t.Fatalf("%d parked connections, want 1", e.parkedConns())

@@ -31,6 +31,7 @@ type testAPI struct {
 
 func newAPI(t *testing.T, token string, max *int) *testAPI {
 	t.Helper()
+	bounded.Test(t, time.Minute)
 	a := &testAPI{t: t, token: token, reg: channels.NewRegistry(channels.Options{MaxVirtualChannels: max})}
 	a.ready.Store(true)
 	m := metrics.New(func() float64 { return float64(a.reg.Len()) }, func() float64 { return 0 })

@@ -31,6 +31,7 @@ type running struct {
 
 func start(t *testing.T, args ...string) *running {
 	t.Helper()
+	bounded.Test(t, time.Minute)
 	socket := filepath.Join(t.TempDir(), "admin.sock")
 	cfg, err := config.Load(append([]string{"--listen", "127.0.0.1:0", "--publisher-listen", "127.0.0.1:0",
 		"--admin-socket", socket}, args...), func(string) string { return "" })
@@ -100,7 +101,8 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("KILL: %d", rep.Status)
 	}
 	r.s.Deactivate()
-	if st := r.s.Status(); st.Activated || st.TimeoutDuration() != time.Second || st.Waiting != 0 {
+	bounded.Wait(t, "none waiting", 5*time.Second, func() bool { return r.s.Status().Waiting == 0 })
+	if st := r.s.Status(); st.Activated || st.TimeoutDuration() != time.Second {
 		t.Fatalf("after deactivate and set_timeout: %+v", st)
 	}
 	if r.s.State().Snapshot().Activated {
