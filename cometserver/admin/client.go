@@ -24,17 +24,21 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("server refused %q: %s", e.Command, e.Reason)
 }
 
+// DefaultTimeout bounds a client's exchange with the socket unless told
+// otherwise.
+const DefaultTimeout = 10 * time.Second
+
 // Client talks to an admin socket.
 type Client struct {
 	Path    string
-	Timeout time.Duration // for the whole exchange; default 10s
+	Timeout time.Duration // for the whole exchange; 0 means DefaultTimeout
 }
 
 // Do sends lines on one connection and returns the answer to each.
 func (c Client) Do(lines ...string) ([]string, error) {
 	timeout := c.Timeout
 	if timeout <= 0 {
-		timeout = 10 * time.Second
+		timeout = DefaultTimeout
 	}
 	conn, err := net.DialTimeout("unix", c.Path, timeout)
 	if err != nil {

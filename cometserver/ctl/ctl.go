@@ -45,7 +45,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cometserver ctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	socket := fs.String("socket", envOr("COMET_ADMIN_SOCKET", DefaultSocket), "admin socket path")
-	timeout := fs.Duration("timeout", 10*time.Second, "time allowed for each exchange with the server")
+	timeout := fs.Duration("timeout", admin.DefaultTimeout, "time allowed for each exchange with the server")
 	if err := fs.Parse(args); err != nil {
 		return usageError(stderr, err)
 	}

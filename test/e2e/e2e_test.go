@@ -470,11 +470,14 @@ func TestEndToEnd(t *testing.T) {
 			return nil
 		})
 		figure(t, "operator restart to its first check of the pod: %s", time.Since(start).Round(time.Millisecond))
-		time.Sleep(2 * time.Second) // a push, if one wrongly followed, lands now
-		after = adminCommands(t, e)
-		for _, c := range []string{"activate", "deactivate", "set_timeout"} {
-			if after[c] != before[c] {
-				t.Fatalf("%s: %d before the restart, %d after", c, before[c], after[c])
+		// A wrong push would follow its status read within the same ctl
+		// apply, in milliseconds: watch for one over a window 20 times that.
+		for watch := time.Now(); time.Since(watch) < 2*time.Second; time.Sleep(100 * time.Millisecond) {
+			after = adminCommands(t, e)
+			for _, c := range []string{"activate", "deactivate", "set_timeout"} {
+				if after[c] != before[c] {
+					t.Fatalf("%s: %d before the restart, %d after", c, before[c], after[c])
+				}
 			}
 		}
 	})
