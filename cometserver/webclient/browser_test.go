@@ -5,15 +5,18 @@ package webclient_test
 // server on loopback. hack/install-chromium.sh installs it; make test runs it.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +26,13 @@ import (
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/config"
 	"github.com/cometop/comet-operator/cometserver/server"
+	"github.com/cometop/comet-operator/test/bounded"
 )
+
+// testDeadline bounds each test: a hang fails it, by name, with every
+// goroutine's stack, instead of stalling the package until go test's own
+// timeout. It is well above the waits inside a test, which report first.
+const testDeadline = 90 * time.Second
 
 var browser context.Context // the allocator every test opens tabs in
 
@@ -39,6 +48,9 @@ func TestMain(m *testing.M) {
 	dir, _ := os.MkdirTemp("", "chromium-profile")
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(path), chromedp.UserDataDir(dir),
+		// Chromium is killed at the end, and so leaves its singleton
+		// directory in TMPDIR: inside the profile, it goes with it.
+		chromedp.Env("TMPDIR=" + dir),
 		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
@@ -96,8 +108,7 @@ func (s *cometServer) url() string { return "http://" + s.addr }
 // buffer, and the outcome says so).
 func (s *cometServer) post(room, text string) {
 	s.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	bounded.Wait(s.t, "a listener for the post to "+room, 10*time.Second, func() bool {
 		resp, err := http.Post(s.url()+"/demo/rooms/"+room+"/messages", "text/plain", strings.NewReader(text))
 		if err != nil {
 			s.t.Fatal(err)
@@ -108,37 +119,58 @@ func (s *cometServer) post(room, text string) {
 		if resp.StatusCode != 200 || err != nil {
 			s.t.Fatalf("post to %s: %d, %v", room, resp.StatusCode, err)
 		}
-		if out.Delivered > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("post to %s: nobody listening for 10s", room)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return out.Delivered > 0
+	})
 }
 
 // publish writes to a channel through the hub, as a publisher would, again
 // while nobody was waiting.
 func (s *cometServer) publish(channel string, msg []byte) {
 	s.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	bounded.Wait(s.t, "a listener for the write to "+channel, 10*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		out, err := s.srv.Hub().Write(ctx, channel, msg)
 		cancel()
-		switch {
-		case err != nil:
-			s.t.Fatalf("write to %s: %v", channel, err)
-		case out.Failed > 0:
-			s.t.Fatalf("write to %s: %+v", channel, out)
-		case out.Delivered > 0:
-			return
-		case time.Now().After(deadline):
-			s.t.Fatalf("write to %s: nobody listening for 10s", channel)
+		if err != nil || out.Failed > 0 {
+			s.t.Fatalf("write to %s: %+v, %v", channel, out, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return out.Delivered > 0
+	})
+}
+
+// replies reads comet_replies_total from the server's /metrics, on its
+// publisher listener: how many long-poll requests (preflights included)
+// were answered, by status code.
+func (s *cometServer) replies() map[int]int {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.srv.PublisherAddr() + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
 	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		s.t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	const prefix = `comet_replies_total{code="`
+	got := map[int]int{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		code, value, ok := strings.Cut(rest, `"} `)
+		c, err1 := strconv.Atoi(code)
+		v, err2 := strconv.ParseFloat(value, 64)
+		if !ok || err1 != nil || err2 != nil {
+			s.t.Fatalf("metrics line %q", sc.Text())
+		}
+		got[c] = int(v)
+	}
+	if err := sc.Err(); err != nil {
+		s.t.Fatal(err)
+	}
+	return got
 }
 
 // tab opens a page in a new browser tab.
@@ -146,7 +178,7 @@ func tab(t *testing.T, url string) context.Context {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser)
 	t.Cleanup(cancel)
-	ctx, cancel2 := context.WithTimeout(ctx, 60*time.Second)
+	ctx, cancel2 := context.WithTimeout(ctx, testDeadline-10*time.Second)
 	t.Cleanup(cancel2)
 	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
 		t.Fatal(err)
@@ -157,19 +189,18 @@ func tab(t *testing.T, url string) context.Context {
 // waitJS polls a JavaScript expression until it is true, for at most d.
 func waitJS(t *testing.T, ctx context.Context, what, expr string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
-		if err == nil && ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			state, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.getElementById("state") || {}).textContent || ""`))
-			log, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.getElementById("log") || document.body).textContent`))
-			t.Fatalf("timed out waiting for %s (%s): %v; state %q, log %q", what, expr, err, state, log)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var err error
+	if bounded.Until(d, func() bool {
+		var ok bool
+		ok, err = chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+		return err == nil && ok
+	}) {
+		return
 	}
+	state, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.getElementById("state") || {}).textContent || ""`))
+	log, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.getElementById("log") || document.body).textContent`))
+	got, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(window.got || null)`))
+	t.Fatalf("timed out after %v waiting for %s (%s): %v; state %q, log %q, got %.2000s", d, what, expr, err, state, log, got)
 }
 
 func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
@@ -184,19 +215,16 @@ func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 // waitListening waits until a poll of the page listens on channel.
 func waitListening(t *testing.T, s *cometServer, channel string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if info, err := s.srv.Hub().Info(channel); err == nil && info.Listeners > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no poll listening on %s: %+v", channel, s.srv.Status())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !bounded.Until(20*time.Second, func() bool {
+		info, err := s.srv.Hub().Info(channel)
+		return err == nil && info.Listeners > 0
+	}) {
+		t.Fatalf("no poll listening on %s for 20s: %+v", channel, s.srv.Status())
 	}
 }
 
 func TestDemoPage(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	ctx := tab(t, s.url())
 	waitJS(t, ctx, "the clock", `/\d{4}-\d\d-\d\dT/.test(document.getElementById("clock").textContent)`, 10*time.Second)
@@ -238,15 +266,50 @@ func TestDemoPage(t *testing.T) {
 }
 
 // capture replaces the page client's handlers with ones that record every
-// call, in order, in window.got.
+// call, in order: in window.got as arrays, and in window.events as objects
+// (pageEvent) stamped with performance.now().
 const capture = `window.got = [];
-comet.onMessage = (id, text) => got.push(["msg", id, text]);
-comet.onEnded = (id) => got.push(["ended", id]);
-comet.onError = (e) => got.push(["error", e.status]);
-comet.onState = (s, d) => got.push(["state", s, d && d.status]);
+window.events = [];
+window.record = (e) => { e.at = performance.now(); events.push(e); };
+comet.onMessage = (id, text) => { got.push(["msg", id, text]); record({kind: "msg", id, text}); };
+comet.onEnded = (id) => { got.push(["ended", id]); record({kind: "ended", id}); };
+comet.onError = (e) => { got.push(["error", e.status]); record({kind: "error", status: e.status}); };
+comet.onState = (s, d) => {
+  got.push(["state", s, d && d.status]);
+  record({kind: "state", state: s, status: d && d.status, delay: d && d.delay, failures: d && d.failures});
+};
 true`
 
+// pageEvent is one entry of window.events.
+type pageEvent struct {
+	Kind     string  `json:"kind"`  // state, msg, ended, error
+	State    string  `json:"state"` // of a state event: polling, backoff, stopped
+	Status   int     `json:"status"`
+	Delay    int     `json:"delay"`
+	Failures int     `json:"failures"`
+	ID       string  `json:"id"`
+	Text     string  `json:"text"`
+	At       float64 `json:"at"`  // performance.now(), in ms
+	Rnd      float64 `json:"rnd"` // what Math.random returned, where stubbed
+}
+
+func (e pageEvent) is(kind, state string) bool { return e.Kind == kind && e.State == state }
+
+func (e pageEvent) String() string {
+	switch e.Kind {
+	case "state":
+		if e.State == "backoff" {
+			return fmt.Sprintf("@%.1f backoff(status %d, delay %d, failures %d)", e.At, e.Status, e.Delay, e.Failures)
+		}
+		return fmt.Sprintf("@%.1f %s", e.At, e.State)
+	case "error":
+		return fmt.Sprintf("@%.1f error(%d)", e.At, e.Status)
+	}
+	return fmt.Sprintf("@%.1f %s(%s %q)", e.At, e.Kind, e.ID, e.Text)
+}
+
 func TestPayloadsRoundTrip(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	ctx := tab(t, s.url())
 	evalJS[bool](t, ctx, capture)
@@ -275,6 +338,7 @@ func TestPayloadsRoundTrip(t *testing.T) {
 }
 
 func TestEndedChannel(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	if _, err := s.srv.Hub().Create("short-lived"); err != nil {
 		t.Fatal(err)
@@ -293,26 +357,198 @@ func TestEndedChannel(t *testing.T) {
 	}
 }
 
+// The demo page's client, with the documented defaults (1 s base), backs
+// off while comet is deactivated: each failure in a row waits longer, every
+// poll comes only after the delay the client announced, and after activate
+// the client resumes on its own.
 func TestDeactivateBacksOffAndActivateResumes(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	ctx := tab(t, s.url())
 	evalJS[bool](t, ctx, capture)
 	waitListening(t, s, "demo/news")
 	s.srv.Deactivate()
-	waitJS(t, ctx, "backoff after 503", `got.some(e => e[0] === "state" && e[1] === "backoff" && e[2] === 503)`, 10*time.Second)
-	// While deactivated the client keeps backing off: few polls, no storm.
-	time.Sleep(2500 * time.Millisecond)
-	polls := evalJS[int](t, ctx, `got.filter(e => e[0] === "state" && e[1] === "polling").length`)
-	if polls > 4 {
-		t.Fatalf("%d polls in 2.5 s while deactivated: no backoff", polls)
-	}
+	waitJS(t, ctx, "two backoffs after 503", `events.filter(e => e.kind === "state" && e.state === "backoff" && e.status === 503).length >= 2`, 15*time.Second)
 	s.srv.Activate()
 	waitListening(t, s, "demo/news") // resumed after its backoff, without a reload
 	s.post("news", "after activate")
 	waitJS(t, ctx, "a message after activate", `got.some(e => e[0] === "msg" && e[2] === "after activate")`, 10*time.Second)
+
+	// From the first 503 on: backoff, poll, backoff, poll, ... until the
+	// poll that activate let through. A poll without a backoff before it,
+	// or before its delay was over, would be a retry storm.
+	events := evalJS[[]pageEvent](t, ctx, `events.filter(e => e.kind === "state")`)
+	first := -1
+	for i, e := range events {
+		if e.is("state", "backoff") {
+			first = i
+			break
+		}
+	}
+	if first < 0 {
+		t.Fatalf("no backoff: %v", events)
+	}
+	backoffs := 0
+	i := first
+	for ; i+1 < len(events) && events[i].is("state", "backoff"); i += 2 {
+		b, next := events[i], events[i+1]
+		backoffs++
+		base := min(64000, 1000<<(backoffs-1))
+		if b.Status != 503 || b.Failures != backoffs || b.Delay < base || b.Delay > base+1000 {
+			t.Errorf("backoff %d: %v; want status 503, failures %d, delay in [%d, %d]", backoffs, b, backoffs, base, base+1000)
+		}
+		if !next.is("state", "polling") {
+			t.Errorf("after backoff %d: %v, want a poll", backoffs, next)
+		}
+		// Timers never fire early; performance.now() is coarsened a little.
+		if waited := next.At - b.At; waited < float64(b.Delay)-2 {
+			t.Errorf("poll %.1f ms after a backoff of %d ms", waited, b.Delay)
+		}
+	}
+	if backoffs < 2 {
+		t.Errorf("%d backoffs in a row, want at least 2", backoffs)
+	}
+	if t.Failed() {
+		t.Fatalf("state events from the first backoff: %v", events[first:])
+	}
+}
+
+// backoffPage replaces the demo page's client with one of small backoff,
+// recording every call in window.events. Math.random returns window.rnd
+// (0 at first), so every delay is exact; each backoff event records the
+// rnd its delay was drawn with.
+const backoffPage = `comet.stop();
+window.rnd = 0;
+Math.random = () => rnd;
+window.events = [];
+window.record = (e) => { e.at = performance.now(); events.push(e); };
+window.c = new Comet("/comet", {
+  retryBase: 20, retryMax: 80,
+  onMessage: (id, text) => record({kind: "msg", id, text}),
+  onError: (e) => record({kind: "error", status: e.status}),
+  onState: (s, d) => record({kind: "state", state: s, status: d && d.status, delay: d && d.delay, failures: d && d.failures, rnd}),
+});
+c.add("demo/lobby");
+true`
+
+// comet.js backs off as docs/cometserver.md says: after the n-th failure
+// in a row, min(retryMax, retryBase * 2^(n-1)) plus a random part; a 200
+// resets it; 503 is not an error, status 0 and other codes are.
+func TestBackoffIsExactAndResets(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startServer(t, "")
+	ctx := tab(t, s.url())
+	s.srv.Deactivate()
+	evalJS[bool](t, ctx, backoffPage)
+	backoffsJS := `events.filter(e => e.kind === "state" && e.state === "backoff"`
+	waitJS(t, ctx, "six failures while deactivated", backoffsJS+`).length >= 6`, 10*time.Second)
+
+	// A 200 (with a message) resets the count.
+	s.srv.Activate()
+	waitListening(t, s, "demo/lobby")
+	s.publish("demo/lobby", []byte("reset"))
+	waitJS(t, ctx, "the message", `events.some(e => e.kind === "msg" && e.text === "reset")`, 10*time.Second)
+	afterMsg := `events.slice(events.findIndex(e => e.kind === "msg"))`
+	s.srv.Deactivate()
+	waitJS(t, ctx, "two failures after the 200", afterMsg+`.filter(e => e.kind === "state" && e.state === "backoff").length >= 2`, 10*time.Second)
+
+	// Errors other than 503 back off the same way, and are reported:
+	// a 404 (a wrong endpoint), then status 0 (nothing listens any more).
+	// From now on the random part is half of retryBase.
+	evalJS[bool](t, ctx, `c.url = "/no-such-endpoint"; true`)
+	waitJS(t, ctx, "a 404", afterMsg+`.some(e => e.kind === "state" && e.status === 404)`, 10*time.Second)
+	evalJS[bool](t, ctx, `rnd = 0.5; true`)
+	s.shutdown()
+	waitJS(t, ctx, "a network error", afterMsg+`.filter(e => e.kind === "state" && e.state === "backoff" && e.status === 0).length >= 2`, 10*time.Second)
+	evalJS[bool](t, ctx, `c.stop(); true`)
+
+	events := evalJS[[]pageEvent](t, ctx, `events`)
+	defer func() {
+		if t.Failed() {
+			t.Logf("events: %v", events)
+		}
+	}()
+	msg := -1
+	for i, e := range events {
+		if e.Kind == "msg" {
+			msg = i
+			break
+		}
+	}
+	var before, after []pageEvent // backoff events
+	for i, e := range events {
+		switch {
+		case e.is("state", "backoff") && i < msg:
+			before = append(before, e)
+		case e.is("state", "backoff"):
+			after = append(after, e)
+		}
+		if e.Kind == "msg" && i != msg {
+			t.Errorf("event %d: a second message %v", i, e)
+		}
+	}
+
+	// The exact sequence: doubling from retryBase, then capped at retryMax.
+	want := []int{20, 40, 80, 80, 80, 80}
+	if len(before) < len(want) {
+		t.Fatalf("%d failures before the 200, want at least %d", len(before), len(want))
+	}
+	for i, w := range want {
+		if b := before[i]; b.Delay != w || b.Failures != i+1 || b.Status != 503 {
+			t.Errorf("failure %d while deactivated: %v, want delay %d", i+1, b, w)
+		}
+	}
+	for i, b := range before[len(want):] {
+		n := len(want) + i + 1
+		if b.Failures != n || b.Delay != 80 || b.Status != 503 {
+			t.Errorf("failure %d while deactivated: %v, want delay 80", n, b)
+		}
+	}
+	// After the 200 the count starts again at 1, whatever the status; the
+	// random part, up to retryBase, comes on top.
+	statuses := map[int]bool{}
+	random := 0
+	for i, b := range after {
+		statuses[b.Status] = true
+		want := min(80, 20<<min(i, 3)) + int(math.Round(b.Rnd*20))
+		if b.Rnd != 0 {
+			random++
+		}
+		if b.Failures != i+1 || b.Delay != want {
+			t.Errorf("failure %d after the 200: %v (random %v), want failures %d, delay %d", i+1, b, b.Rnd, i+1, want)
+		}
+	}
+	if !statuses[503] || !statuses[404] || !statuses[0] || len(statuses) != 3 {
+		t.Errorf("statuses after the 200: %v, want 503, 404 and 0", statuses)
+	}
+	if random == 0 {
+		t.Errorf("no failure drawn with a random part: %v", after)
+	}
+
+	// onError gets exactly the failures other than 503, each just before
+	// its backoff.
+	errors, reported := 0, 0
+	for i, e := range events {
+		switch {
+		case e.Kind == "error":
+			errors++
+			if i+1 >= len(events) || !events[i+1].is("state", "backoff") || events[i+1].Status != e.Status {
+				t.Errorf("event %d: %v not followed by its backoff", i, e)
+			}
+		case e.is("state", "backoff") && e.Status != 503:
+			reported++
+			if i == 0 || events[i-1].Kind != "error" || events[i-1].Status != e.Status {
+				t.Errorf("event %d: %v not reported to onError", i, e)
+			}
+		}
+	}
+	if errors != reported || errors < 3 {
+		t.Errorf("%d onError calls for %d failures other than 503", errors, reported)
+	}
 }
 
 func TestServerRestartIsSurvived(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	addr := s.addr
 	ctx := tab(t, s.url())
@@ -327,21 +563,30 @@ func TestServerRestartIsSurvived(t *testing.T) {
 }
 
 // The page of a second origin polls the comet server: it works only when
-// the server allows that origin.
+// the server allows that origin. A disallowed origin's preflight is
+// refused, so its poll never reaches the server.
 func TestCORS(t *testing.T) {
+	bounded.Test(t, 2*testDeadline)
 	for _, allowed := range []bool{true, false} {
 		t.Run(fmt.Sprint("allowed=", allowed), func(t *testing.T) {
-			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			bounded.Test(t, testDeadline)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
 			origin := "http://" + ln.Addr().String()
-			var extra []string
+			// A short timeout: a poll that got through would be answered
+			// (and counted) well before the page has failed three times.
+			extra := []string{"--timeout", "100ms"}
 			if allowed {
-				extra = []string{"--cors-origins", origin}
+				extra = append(extra, "--cors-origins", origin)
 			}
 			s := startServer(t, "", extra...)
 			other := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				fmt.Fprintf(w, `<!doctype html><script src="%[1]s/comet.js"></script><script>
 window.got = [];
 window.comet = new Comet("%[1]s/comet", {
+  retryBase: 50, retryMax: 200,
   onMessage: (id, text) => got.push(["msg", id, text]),
   onError: (e) => got.push(["error", e.status]),
 });
@@ -356,19 +601,37 @@ comet.add("demo/lobby");
 				waitListening(t, s, "demo/lobby")
 				s.post("lobby", "cross-origin hello")
 				waitJS(t, ctx, "the cross-origin message", `got.some(e => e[0] === "msg" && e[2] === "cross-origin hello")`, 10*time.Second)
+				if r := s.replies(); r[200] == 0 {
+					t.Fatalf("replies %v: the allowed origin's polls were not counted", r)
+				}
 				return
 			}
-			waitJS(t, ctx, "the browser refusing the reply", `got.some(e => e[0] === "error" && e[1] === 0)`, 10*time.Second)
-			// Nothing listens: the browser never lets the poll through.
-			if info, _ := s.srv.Hub().Info("demo/lobby"); info.Listeners != 0 {
-				// The request reached the server (CORS is enforced on the reply):
-				// write, then check the page did not get it.
-				s.srv.Hub().Write(context.Background(), "demo/lobby", []byte("must not arrive"))
+			waitJS(t, ctx, "three refused polls", `got.filter(e => e[0] === "error").length >= 3`, 10*time.Second)
+			evalJS[bool](t, ctx, `comet.stop(); true`)
+			got := evalJS[[][]any](t, ctx, `got`)
+			for _, e := range got {
+				if len(e) != 2 || e[0] != "error" || e[1] != float64(0) {
+					t.Errorf("page event %v, want only errors with status 0", e)
+				}
 			}
-			time.Sleep(500 * time.Millisecond)
-			n := evalJS[int](t, ctx, `got.filter(e => e[0] === "msg").length`)
-			if n != 0 {
-				t.Fatal("a disallowed origin read a message")
+			// The server refused a preflight for each failed poll, and
+			// answered no poll: none got through to it.
+			replies := s.replies()
+			for code, n := range replies {
+				if code != http.StatusForbidden {
+					t.Errorf("%d replies with status %d to a disallowed origin", n, code)
+				}
+			}
+			if replies[http.StatusForbidden] < len(got) {
+				t.Errorf("%d refused preflights for %d failed polls", replies[http.StatusForbidden], len(got))
+			}
+			if st := s.srv.Status(); st.Waiting != 0 {
+				t.Errorf("a disallowed origin's poll is waiting: %+v", st)
+			}
+			ctx2, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if out, err := s.srv.Hub().Write(ctx2, "demo/lobby", []byte("must not arrive")); err != nil || out.Delivered != 0 {
+				t.Errorf("write to demo/lobby: %+v, %v: a disallowed origin listens", out, err)
 			}
 		})
 	}
