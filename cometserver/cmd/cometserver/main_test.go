@@ -9,9 +9,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +24,12 @@ import (
 
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/cometclient"
+	"github.com/cometop/comet-operator/test/bounded"
 )
+
+// testDeadline bounds each test: a hang fails it by name, with every
+// goroutine's stack, well before go test's global timeout.
+const testDeadline = 2 * time.Minute
 
 var binary string
 
@@ -32,6 +39,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "cometserver")
+	// The race runtime sleeps a second before a successful exit (GORACE
+	// atexit_sleep_ms, default 1000): the binary built here runs dozens of
+	// times, as ctl, so it is told not to.
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	build := exec.Command("go", "build", "-race", "-o", binary, ".")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
@@ -87,14 +98,21 @@ func startServer(t *testing.T, yaml string, args ...string) *server {
 			}
 		}
 	}()
-	select {
-	case rec := <-started:
-		s.client = "http://" + rec["listen"].(string) + "/comet"
-		s.publisher = "http://" + rec["publisher_listen"].(string)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server did not start")
-	}
+	rec := bounded.Recv(t, "the server's start-up log line", 30*time.Second, started)
+	s.client = "http://" + rec["listen"].(string) + "/comet"
+	s.publisher = "http://" + rec["publisher_listen"].(string)
 	return s
+}
+
+// exit waits for the process to end, within d, and returns what Wait
+// returns. Its log is read to the end first: Wait closes the pipe.
+func (s *server) exit(d time.Duration) error {
+	s.t.Helper()
+	deadline := time.Now().Add(d)
+	bounded.Recv(s.t, "the server to exit", d, s.stderrDone)
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	return bounded.Recv(s.t, "the server to exit", time.Until(deadline)+time.Second, done)
 }
 
 // ctl runs "cometserver ctl" and returns its exit code and output.
@@ -152,27 +170,16 @@ func (s *server) poll(ids string) <-chan int {
 
 func (s *server) waitWaiting(n int) {
 	s.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.status().Waiting != n {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("waiting never reached %d", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	bounded.Wait(s.t, fmt.Sprintf("%d waiting requests", n), 10*time.Second, func() bool { return s.status().Waiting == n })
 }
 
 func statusCode(t *testing.T, c <-chan int) int {
 	t.Helper()
-	select {
-	case code := <-c:
-		return code
-	case <-time.After(10 * time.Second):
-		t.Fatal("no reply")
-		return 0
-	}
+	return bounded.Recv(t, "the poll's reply", 10*time.Second, c)
 }
 
 func TestCtlApply(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "timeout: 20s\nactivated: true\nmax_virtual_channels: 4\n")
 	st := s.status()
 	if !st.Activated || st.Timeout != 20 || st.MaxVirtualChannels == nil || *st.MaxVirtualChannels != 4 {
@@ -228,6 +235,7 @@ func TestCtlApply(t *testing.T) {
 }
 
 func TestCommandPipe(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	f, err := os.OpenFile(s.pipe, os.O_WRONLY, 0)
 	if err != nil {
@@ -235,16 +243,17 @@ func TestCommandPipe(t *testing.T) {
 	}
 	f.WriteString("comet:set_timeout 12\ncomet:garbage\ncomet:deactivate\n")
 	f.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for st := s.status(); st.Activated || st.TimeoutDuration() != 12*time.Second; st = s.status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("pipe commands not applied: %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var st admin.StatusReply
+	if !bounded.Until(10*time.Second, func() bool {
+		st = s.status()
+		return !st.Activated && st.TimeoutDuration() == 12*time.Second
+	}) {
+		t.Fatalf("pipe commands not applied within 10s: %+v", st)
 	}
 }
 
 func TestCtlErrors(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	dir := t.TempDir()
 	stale := filepath.Join(dir, "stale.sock")
@@ -301,6 +310,7 @@ func (r refusingTarget) Status() admin.StatusReply {
 }
 
 func TestCtlAgainstRefusingServer(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	for _, tt := range []struct {
 		ignore bool
 		want   string
@@ -327,6 +337,7 @@ func TestCtlAgainstRefusingServer(t *testing.T) {
 }
 
 func TestGracefulShutdown(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "shutdown_grace: 5s\n")
 	s.createChannel("c")
 	waiting := s.poll("c")
@@ -336,7 +347,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if got := statusCode(t, waiting); got != 503 {
 		t.Fatalf("waiting client got %d on SIGTERM, want 503", got)
 	}
-	if err := s.cmd.Wait(); err != nil {
+	if err := s.exit(10 * time.Second); err != nil {
 		t.Fatalf("exit: %v\n%s", err, s.stderr)
 	}
 	if took := time.Since(start); took > 5*time.Second {
@@ -345,13 +356,128 @@ func TestGracefulShutdown(t *testing.T) {
 	if _, err := os.Stat(s.socket); !os.IsNotExist(err) {
 		t.Fatal("the admin socket file stayed after exit")
 	}
-	<-s.stderrDone
+	if !strings.Contains(s.stderr.String(), `"msg":"stopped"`) {
+		t.Fatalf("log:\n%s", s.stderr)
+	}
+}
+
+// /readyz does not follow activation (the operator activates ready pods),
+// but turns 503 as soon as SIGTERM arrives, while the process drains: a
+// request held half-read keeps net/http's Shutdown, and so the process,
+// waiting, which makes the drain window observable. During it the
+// publisher API refuses with 503 and Retry-After: 1; once the held request
+// is answered (503) the process exits 0, well before its grace period.
+func TestReadyzDuringDeactivationAndDrain(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	const grace = 60 * time.Second // far longer than the test takes
+	s := startServer(t, fmt.Sprintf("shutdown_grace: %v\n", grace))
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	do := func(method, path string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, s.publisher+path, nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s %s: reading the body: %v", method, path, err)
+		}
+		return resp, string(b)
+	}
+	readyz := func() int { t.Helper(); resp, _ := do("GET", "/readyz"); return resp.StatusCode }
+
+	if got := readyz(); got != 200 {
+		t.Fatalf("/readyz of a fresh server: %d", got)
+	}
+	if code, _, errOut := s.ctl("deactivate"); code != 0 {
+		t.Fatalf("ctl deactivate: %d %q", code, errOut)
+	}
+	if st := s.status(); st.Activated || st.Draining {
+		t.Fatalf("after deactivate: %+v", st)
+	}
+	if got := statusCode(t, s.poll("c")); got != 503 {
+		t.Fatalf("a poll while deactivated got %d, want 503", got)
+	}
+	if got := readyz(); got != 200 {
+		t.Fatalf("/readyz of a deactivated server: %d, want 200 (it must stay ready)", got)
+	}
+
+	// A comet request whose body is 100 bytes, of which only 40 come.
+	// With Expect: 100-continue, net/http answers "100 Continue" once the
+	// handler reads the body: from then on the request is in progress and
+	// Shutdown must wait for it.
+	u, _ := url.Parse(s.client)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(testDeadline))
+	body := "registration=c&pad=" + strings.Repeat("x", 81)
+	if len(body) != 100 {
+		t.Fatalf("body of %d bytes", len(body))
+	}
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+		u.Path, u.Host, cometclient.ContentType)
+	br := bufio.NewReader(conn)
+	if line, err := br.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("interim response %q, %v", line, err)
+	}
+	if line, err := br.ReadString('\n'); err != nil || line != "\r\n" {
+		t.Fatalf("after 100 Continue: %q, %v", line, err)
+	}
+	if _, err := io.WriteString(conn, body[:40]); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	bounded.Wait(t, "/readyz to answer 503 after SIGTERM", 10*time.Second, func() bool { return readyz() == 503 })
+
+	// Still draining: the held request keeps the process up.
+	resp, body503 := do("POST", "/v1/channels")
+	var apiErr struct{ Error string }
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" ||
+		json.Unmarshal([]byte(body503), &apiErr) != nil || apiErr.Error != "unavailable" {
+		t.Errorf("POST /v1/channels while draining: %d, Retry-After %q, %q; want 503 unavailable with Retry-After: 1",
+			resp.StatusCode, resp.Header.Get("Retry-After"), body503)
+	}
+	if st := s.status(); !st.Draining {
+		t.Errorf("status while draining: %+v", st)
+	}
+	if got := readyz(); got != 503 {
+		t.Errorf("/readyz later in the drain: %d", got)
+	}
+
+	// The rest of the body: the request is answered 503, and closed.
+	if _, err := io.WriteString(conn, body[40:]); err != nil {
+		t.Fatal(err)
+	}
+	held, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the held request's reply: %v", err)
+	}
+	held.Body.Close()
+	if held.StatusCode != 503 || !held.Close {
+		t.Errorf("the held request got %d (close %v), want 503 and Connection: close", held.StatusCode, held.Close)
+	}
+	if err := s.exit(10 * time.Second); err != nil {
+		t.Fatalf("exit: %v, want exit code 0\n%s", err, s.stderr)
+	}
+	if took := time.Since(start); took >= grace {
+		t.Fatalf("the drain took %v: it waited for the grace period", took)
+	}
 	if !strings.Contains(s.stderr.String(), `"msg":"stopped"`) {
 		t.Fatalf("log:\n%s", s.stderr)
 	}
 }
 
 func TestStartupErrors(t *testing.T) {
+	bounded.Test(t, testDeadline)
 	s := startServer(t, "")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "bad.yaml")
