@@ -210,11 +210,9 @@ func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
 		}
 	}
 	lines := make([]wire.Line, 0, len(ended)+len(messages))
-	if len(ended) > 0 {
-		for _, id := range p.ids {
-			if slices.Contains(ended, id) {
-				lines = append(lines, wire.Line{ID: id, Ended: true})
-			}
+	for _, id := range p.ids {
+		if slices.Contains(ended, id) {
+			lines = append(lines, wire.Line{ID: id, Ended: true})
 		}
 	}
 	for _, m := range messages {

@@ -1,9 +1,12 @@
 package longpoll
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -223,11 +226,16 @@ func (e *env) create(name string) string {
 	return id
 }
 
+// write writes msg to id and returns its outcome, which must be known
+// within 5 seconds: a reply that never comes fails here, not at the
+// test's deadline.
 func (e *env) write(id, msg string) channels.Outcome {
 	e.t.Helper()
-	out, err := e.reg.Write(context.Background(), id, []byte(msg))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := e.reg.Write(ctx, id, []byte(msg))
 	if err != nil {
-		e.t.Fatal(err)
+		e.t.Fatalf("write %q to %s: %+v, %v", msg, id, out, err)
 	}
 	return out
 }
@@ -270,6 +278,10 @@ func immediateCases() []immediateCase {
 		{"form content type", "POST", "application/x-www-form-urlencoded", "registration=a", 415, "unsupported content type..."},
 		{"media type is case-sensitive", "POST", "Application/X-Ocsigen-Comet", "registration=a", 415, "unsupported content type..."},
 		{"GET", "GET", ContentType, "", 405, "method not allowed: comet requests are POST"},
+		// The order of checks: method, content type, size, syntax.
+		{"GET without a content type", "GET", "", "", 405, "method not allowed: comet requests are POST"},
+		{"oversize with no content type", "POST", "text/plain", "registration=" + strings.Repeat("a", 9000), 415, "unsupported content type..."},
+		{"oversize and malformed", "POST", ContentType, "%" + strings.Repeat("a", 9000), 413, "body too large: at most 8192 bytes"},
 	}
 }
 
@@ -311,7 +323,9 @@ func TestImmediateReplies(t *testing.T) {
 				tt.check(t, r)
 			})
 		}
-		// Each reply is counted once, by its status.
+		// Nothing is left waiting, and each reply is counted once, by its
+		// status.
+		waitFor(t, "no waiting request", func() bool { return e.h.Waiting() == 0 })
 		counts := map[int]int{}
 		for _, tt := range tests {
 			counts[tt.status]++
@@ -685,4 +699,36 @@ func TestCORS(t *testing.T) {
 			t.Fatalf("a preflight with no origin allowed: %d", r.status)
 		}
 	})
+}
+
+// Refusals are logged at debug level with their status and reason; 503s
+// and answers are routine and not logged.
+func TestRefusalsAreLogged(t *testing.T) {
+	var logs bytes.Buffer
+	e := newEnv(t, takeover, time.Minute, Options{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	e.poll("registration=a%zz")
+	e.poll("registration=gone")
+	e.state.Deactivate()
+	e.poll("registration=gone")
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec struct {
+			Level, Msg, Reason string
+			Status             int
+		}
+		json.Unmarshal([]byte(line), &rec)
+		got = append(got, fmt.Sprint(rec.Level, " ", rec.Msg, " ", rec.Status, " ", rec.Reason))
+	}
+	if want := "DEBUG comet request refused 400 malformed body at byte 14: '%' not followed by two hex digits"; strings.Join(got, "|") != want {
+		t.Fatalf("logs %q, want only %q", got, want)
+	}
+}
+
+// A reason is one line: whatever follows a CR or LF is cut.
+func TestOneLine(t *testing.T) {
+	for in, want := range map[string]string{"a": "a", "a\nb": "a", "a\r\nb": "a", "\nb": "", "": ""} {
+		if got := oneLine(in); got != want {
+			t.Errorf("oneLine(%q) = %q, want %q", in, got, want)
+		}
+	}
 }

@@ -7,12 +7,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/security"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -395,12 +398,16 @@ func TestLaterRequestOnATakenOverConnectionSeesTheState(t *testing.T) {
 }
 
 // Shutdown waits for a poll taken over in the window between its hijack
-// and its tracking (a regression test for 2be11ef): the poll gets its 503
-// before Shutdown returns.
+// and its tracking (a regression test for 2be11ef), as for a tracked
+// connection in the middle of a request: each gets its 503 before
+// Shutdown returns.
 func TestShutdownWaitsForATakeoverInFlight(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	e := newEnv(t, takeover, time.Hour, Options{})
 	e.create("a")
+	busy := e.dial() // tracked, reading a body that comes later
+	e.park(busy)
+	busy.send("POST /comet HTTP/1.1\r\nHost: test\r\nContent-Type: " + ContentType + "\r\nContent-Length: 14\r\n\r\nregist")
 	inWindow, release := make(chan struct{}), make(chan struct{})
 	e.h.mu.Lock()
 	e.h.hijacked = func() { close(inWindow); <-release }
@@ -426,5 +433,81 @@ func TestShutdownWaitsForATakeoverInFlight(t *testing.T) {
 	if r, closing := c.read(); r.status != 503 || !closing {
 		t.Fatalf("the poll in flight: %d (close %v), want 503 and close", r.status, closing)
 	}
+	if !bounded.Quiet(shutdown, 100*time.Millisecond) {
+		t.Fatal("Shutdown returned while a tracked connection was reading a request")
+	}
+	busy.send("ration=a")
+	if r, closing := busy.read(); r.status != 503 || !closing {
+		t.Fatalf("the request being read: %d (close %v), want 503 and close", r.status, closing)
+	}
 	bounded.Recv(t, "Shutdown to return", 5*time.Second, shutdown)
+}
+
+// A head that arrives in pieces within the header timeout, and one over
+// 4 KiB but within net/http's default limit, are read on a taken-over
+// connection as net/http would read them.
+func TestTakenOverConnectionReadsHeadsAsNetHTTP(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	c := e.dial()
+	e.park(c)
+	req := pollRequest("registration=gone")
+	c.send(req[:20])
+	time.Sleep(50 * time.Millisecond) // the rest comes later, as from a slow client
+	c.send(req[20:])
+	if r, closing := c.read(); r.status != 200 || r.body != "gone:ENDED_CHANNEL" || closing {
+		t.Fatalf("a head in two pieces: %d %q (close %v)", r.status, r.body, closing)
+	}
+	c.send(request("POST", "/comet", ContentType, "registration=gone", "X-Big: "+strings.Repeat("b", 8000)))
+	if r, closing := c.read(); r.status != 200 || closing {
+		t.Fatalf("an 8 KB head under the default limit: %d (close %v)", r.status, closing)
+	}
+	if e.parkedConns() != 1 {
+		t.Fatal("the connection left the takeover")
+	}
+}
+
+// HTTP/2 cannot be taken over: its polls wait inside net/http, and are
+// answered there.
+func TestHTTP2WaitsInsideNetHTTP(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	reg := channels.NewRegistry(channels.Options{})
+	defer reg.Stop()
+	h := New(reg, security.New(true, time.Minute), Options{})
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = h.Listener(srv.Listener)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	reg.Create("a")
+	type result struct {
+		proto, body string
+		err         error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", srv.URL+"/comet", strings.NewReader("registration=a"))
+		req.Header.Set("Content-Type", ContentType)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{resp.Proto, string(b), err}
+	}()
+	bounded.Wait(t, "the HTTP/2 poll waiting", 5*time.Second, func() bool { info, _ := reg.Info("a"); return info.Listeners == 1 })
+	h.mu.Lock()
+	parked := len(h.parked)
+	h.mu.Unlock()
+	if parked != 0 {
+		t.Fatal("an HTTP/2 connection was taken over")
+	}
+	if out, err := reg.Write(context.Background(), "a", []byte("m")); err != nil || out.Delivered != 1 {
+		t.Fatalf("outcome %+v, %v", out, err)
+	}
+	if r := bounded.Recv(t, "the reply", 5*time.Second, done); r.err != nil || r.proto != "HTTP/2.0" || r.body != "a:m" {
+		t.Fatalf("reply %+v", r)
+	}
 }
