@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -228,7 +229,7 @@ func TestNewReleasesWhatItBoundOnError(t *testing.T) {
 func TestWhatIsServed(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	r := start(t, "--demo", "--listen", "127.0.0.1:0")
-	for path, want := range map[string]string{"/comet.js": "window.Comet", "/": "<!doctype html>"} {
+	for path, want := range map[string]string{"/comet.js": "global.Comet = Comet", "/comet.mjs": "export default", "/": "<!doctype html>"} {
 		resp, err := http.Get("http://" + r.s.ClientAddr() + path)
 		if err != nil {
 			t.Fatal(err)
@@ -237,6 +238,10 @@ func TestWhatIsServed(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || !strings.Contains(strings.ToLower(string(b)), strings.ToLower(want)) {
 			t.Fatalf("%s: %d, %.80q", path, resp.StatusCode, b)
+		}
+		// The client follows the server's version: revalidated each time.
+		if path != "/" && (resp.Header.Get("Cache-Control") != "no-cache" || resp.Header.Get("Content-Type") != "text/javascript; charset=utf-8") {
+			t.Fatalf("%s: Cache-Control %q, Content-Type %q", path, resp.Header.Get("Cache-Control"), resp.Header.Get("Content-Type"))
 		}
 	}
 	if r.s.Status().Channels != 4 {
@@ -258,5 +263,42 @@ func TestWhatIsServed(t *testing.T) {
 	json.Unmarshal(out, &st)
 	if st.PID != os.Getpid() {
 		t.Fatalf("pid %d", st.PID)
+	}
+}
+
+// The HTTP servers' limits are the settings (header size and time) and
+// net/http's, for the connections the long-poll handler takes over too;
+// there is no server-wide write timeout, and idle connections close after
+// two minutes.
+func TestHTTPLimits(t *testing.T) {
+	r := start(t, "--max-header-bytes", "2048", "--read-header-timeout", "300ms")
+	for _, srv := range []*http.Server{r.s.client, r.s.publisher} {
+		if srv.MaxHeaderBytes != 2048 || srv.ReadHeaderTimeout != 300*time.Millisecond || srv.IdleTimeout != 2*time.Minute || srv.WriteTimeout != 0 {
+			t.Fatalf("http.Server limits %d %v %v %v", srv.MaxHeaderBytes, srv.ReadHeaderTimeout, srv.IdleTimeout, srv.WriteTimeout)
+		}
+	}
+	c, err := net.Dial("tcp", r.s.ClientAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("POST /comet HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", 8000) + "\r\n\r\n"))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 431 {
+		t.Fatalf("a head over max_header_bytes: %v %v", resp, err)
+	}
+	slow, err := net.Dial("tcp", r.s.ClientAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.Write([]byte("POST /comet HTTP/1.1\r\n"))
+	slow.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := slow.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a head that never ends: %v, want the connection closed", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("closed after %v, with a 300ms header timeout", took)
 	}
 }
