@@ -31,6 +31,9 @@ type env struct {
 	metrics *metrics.Metrics
 	h       *Handler
 	url     string
+
+	mu       sync.Mutex
+	accepted map[string]*net.TCPConn // the server's side of each connection, by client address
 }
 
 // mode is how a waiting request waits: inside net/http, or on a
@@ -97,9 +100,15 @@ func newEnvWith(t *testing.T, c envConfig) *env {
 		io.WriteString(w, "other "+r.Method)
 	})
 	srv := httptest.NewUnstartedServer(mux)
-	if c.accepted != nil {
-		srv.Listener = acceptHook{srv.Listener, c.accepted}
-	}
+	e.accepted = map[string]*net.TCPConn{}
+	srv.Listener = acceptHook{srv.Listener, func(conn net.Conn) {
+		e.mu.Lock()
+		e.accepted[conn.RemoteAddr().String()] = conn.(*net.TCPConn)
+		e.mu.Unlock()
+		if c.accepted != nil {
+			c.accepted(conn)
+		}
+	}}
 	if c.mode == takeover {
 		srv.Listener = e.h.Listener(srv.Listener)
 	}

@@ -105,6 +105,15 @@ func TestStalledBodyGets400(t *testing.T) {
 			e.park(parked)
 			conns["a taken-over connection"] = parked
 		}
+		if m == takeover { // a chunked body, whose length the head does not tell
+			chunked := e.dial()
+			e.park(chunked)
+			chunked.send("POST /comet HTTP/1.1\r\nHost: test\r\nContent-Type: " + ContentType + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nregis")
+			start := time.Now()
+			if r, _ := chunked.read(); r.status != 400 || time.Since(start) > 3*time.Second {
+				t.Fatalf("a stalled chunked body on a taken-over connection: %d after %v", r.status, time.Since(start))
+			}
+		}
 		for name, c := range conns {
 			start := time.Now()
 			c.send("POST /comet HTTP/1.1\r\nHost: test\r\nContent-Type: " + ContentType + "\r\nContent-Length: 40\r\n\r\nregistration=")

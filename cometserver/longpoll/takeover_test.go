@@ -3,16 +3,20 @@ package longpoll
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/security"
@@ -74,6 +78,31 @@ func (r *rawConn) read() (reply, bool) {
 		r.t.Fatal(err)
 	}
 	return reply{resp.StatusCode, string(b), resp.Header}, resp.Close
+}
+
+// waitDrained waits until the server has read everything the client sent
+// on c: nothing left in the client's send queue, nothing unread in the
+// server's receive queue.
+func (e *env) waitDrained(c *rawConn) {
+	e.t.Helper()
+	queued := func(conn *net.TCPConn, req uint) int {
+		raw, err := conn.SyscallConn()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		n := -1
+		raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), req) })
+		return n
+	}
+	e.mu.Lock()
+	server := e.accepted[c.c.LocalAddr().String()]
+	e.mu.Unlock()
+	if server == nil {
+		e.t.Fatal("no server side for the connection")
+	}
+	waitFor(e.t, "the server to read what was sent", func() bool {
+		return queued(c.c.(*net.TCPConn), unix.SIOCOUTQ) == 0 && queued(server, unix.SIOCINQ) == 0
+	})
 }
 
 // closedByServer reports whether the server closed the connection.
@@ -284,6 +313,9 @@ func TestTakenOverConnectionIdleAndShutdown(t *testing.T) {
 	e2.state.Drain()
 	if r, closing := waiting.read(); r.status != 503 || !closing {
 		t.Fatalf("waiting poll on drain: %d (close %v), want 503 and close", r.status, closing)
+	}
+	if !waiting.closedByServer() {
+		t.Fatal("the connection of a poll answered 503 on drain stayed open")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -509,5 +541,178 @@ func TestHTTP2WaitsInsideNetHTTP(t *testing.T) {
 	}
 	if r := bounded.Recv(t, "the reply", 5*time.Second, done); r.err != nil || r.proto != "HTTP/2.0" || r.body != "a:m" {
 		t.Fatalf("reply %+v", r)
+	}
+}
+
+// Polls pipelined on a new connection: the first is taken over with the
+// others already read by net/http, and they are served in order.
+func TestPipelinedPollsOnANewConnection(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	c := e.dial()
+	c.send(pollRequest("registration=a") + pollRequest("registration=gone") + pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	e.write("a", "one")
+	if r, _ := c.read(); r.body != "a:one" {
+		t.Fatalf("first: %q", r.body)
+	}
+	if r, _ := c.read(); r.body != "gone:ENDED_CHANNEL" {
+		t.Fatalf("second: %q", r.body)
+	}
+	e.waitListeners("a", 1)
+	e.write("a", "three")
+	if r, _ := c.read(); r.body != "a:three" {
+		t.Fatalf("third: %q", r.body)
+	}
+}
+
+// Many requests sent while a poll waits, more than one read holds, are all
+// answered in order once it is.
+func TestManyRequestsSentWhileWaiting(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	c := e.dial()
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	var ahead strings.Builder
+	for i := range 100 {
+		ahead.WriteString(pollRequest(fmt.Sprint("registration=gone", i)))
+	}
+	c.send(ahead.String()) // about 13 KB, all read while the poll waits
+	e.waitDrained(c)
+	e.write("a", "m")
+	if r, _ := c.read(); r.body != "a:m" {
+		t.Fatalf("the waiting poll: %q", r.body)
+	}
+	for i := range 100 {
+		if r, closing := c.read(); r.status != 200 || r.body != fmt.Sprint("gone", i, ":ENDED_CHANNEL") || closing {
+			t.Fatalf("request %d sent ahead: %d %q (close %v)", i, r.status, r.body, closing)
+		}
+	}
+}
+
+// Exactly 64 KiB sent while waiting is kept (here one request with a big
+// header, for net/http), one byte more closes the connection.
+func TestExactly64KiBSentWhileWaiting(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	c := e.dial()
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	head := "GET /other HTTP/1.1\r\nHost: test\r\nX-Pad: "
+	pad := 64<<10 - len(head) - len("\r\n\r\n")
+	c.send(head + strings.Repeat("p", pad) + "\r\n\r\n")
+	e.waitDrained(c)
+	if !openFor(c, 200*time.Millisecond) {
+		t.Fatal("closed after exactly 64 KiB")
+	}
+	e.write("a", "m")
+	if r, _ := c.read(); r.body != "a:m" {
+		t.Fatalf("the waiting poll: %q", r.body)
+	}
+	if r, _ := c.read(); r.status != 200 || r.body != "other GET" {
+		t.Fatalf("the 64 KiB request sent while waiting: %d %q", r.status, r.body)
+	}
+}
+
+// A request handed back to net/http with more bytes than net/http reads at
+// once (here sent while a poll waited): the rest of them reach the next
+// poll taken over, in order.
+func TestHandBackWithMoreThanOneRead(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	c := e.dial()
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	var b strings.Builder
+	b.WriteString("GET /other HTTP/1.1\r\nHost: test\r\nX-Pad: " + strings.Repeat("p", 6000) + "\r\n\r\n")
+	b.WriteString(pollRequest("registration=a")) // taken over again, with bytes still to replay
+	for i := range 60 {
+		b.WriteString(pollRequest(fmt.Sprint("registration=gone", i)))
+	}
+	c.send(b.String())
+	e.waitDrained(c)
+	e.write("a", "m")
+	if r, _ := c.read(); r.body != "a:m" {
+		t.Fatalf("the waiting poll: %q", r.body)
+	}
+	if r, _ := c.read(); r.status != 200 || r.body != "other GET" {
+		t.Fatalf("handed back: %d %q", r.status, r.body)
+	}
+	e.waitListeners("a", 1)
+	e.write("a", "m2")
+	if r, _ := c.read(); r.body != "a:m2" {
+		t.Fatalf("the poll after the hand-back: %q", r.body)
+	}
+	for i := range 60 {
+		if r, _ := c.read(); r.status != 200 || r.body != fmt.Sprint("gone", i, ":ENDED_CHANNEL") {
+			t.Fatalf("poll %d after the hand-back: %d %q", i, r.status, r.body)
+		}
+	}
+}
+
+// openFor reports whether c stays open, with nothing to read, for d.
+func openFor(c *rawConn, d time.Duration) bool {
+	c.c.SetReadDeadline(time.Now().Add(d))
+	defer c.c.SetReadDeadline(time.Time{})
+	_, err := c.br.Peek(1)
+	return errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// A refusal that closes a taken-over connection lingers: it reads what the
+// client still sends, so the client gets its answer rather than a reset.
+func TestRefusalClosesWithoutLosingTheAnswer(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	c := e.dial()
+	e.park(c)
+	body := strings.Repeat("x", 100<<10)
+	c.send(fmt.Sprintf("POST /comet HTTP/1.1\r\nHost: test\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n", len(body)))
+	sent := make(chan error, 1)
+	go func() { // the body comes slowly, after the server has answered
+		var err error
+		for i := 0; i < len(body) && err == nil; i += 8 << 10 {
+			time.Sleep(20 * time.Millisecond)
+			_, err = c.c.Write([]byte(body[i:min(i+8<<10, len(body))]))
+		}
+		sent <- err
+	}()
+	if err := bounded.Recv(t, "the body sent", 10*time.Second, sent); err != nil {
+		t.Fatalf("sending the body the server refused: %v", err)
+	}
+	if r, closing := c.read(); r.status != 415 || !closing {
+		t.Fatalf("%d (close %v), want 415 and close", r.status, closing)
+	}
+}
+
+// CORS headers are on replies written on a taken-over connection too: a
+// poll answered after waiting, and a request read there.
+func TestCORSOnATakenOverConnection(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{CORSOrigins: []string{"https://app.example"}})
+	e.create("a")
+	c := e.dial()
+	origin := "Origin: https://app.example"
+	c.send(request("POST", "/comet", ContentType, "registration=a", origin))
+	e.waitListeners("a", 1)
+	waitFor(t, "the poll taken over", func() bool { return e.parkedConns() == 1 })
+	e.write("a", "m")
+	if r, _ := c.read(); r.body != "a:m" || r.header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+		t.Fatalf("a waited poll: %q %v", r.body, r.header)
+	}
+	c.send(request("POST", "/comet", ContentType, "registration=gone", origin))
+	if r, _ := c.read(); r.status != 200 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example" || r.header.Get("Vary") != "Origin" {
+		t.Fatalf("a request read on the taken-over connection: %d %v", r.status, r.header)
+	}
+	c.send(pollRequest("registration=gone"))
+	if r, _ := c.read(); r.header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("a request without an origin got %v", r.header)
+	}
+	if e.parkedConns() != 1 {
+		t.Fatal("the connection left the takeover")
 	}
 }
