@@ -440,6 +440,7 @@ func TestShutdownWaitsForATakeoverInFlight(t *testing.T) {
 	busy := e.dial() // tracked, reading a body that comes later
 	e.park(busy)
 	busy.send("POST /comet HTTP/1.1\r\nHost: test\r\nContent-Type: " + ContentType + "\r\nContent-Length: 14\r\n\r\nregist")
+	e.waitDrained(busy) // its head read: a request in progress, not an idle connection
 	inWindow, release := make(chan struct{}), make(chan struct{})
 	e.h.mu.Lock()
 	e.h.hijacked = func() { close(inWindow); <-release }
