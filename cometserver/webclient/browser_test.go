@@ -9,13 +9,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,6 +30,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/config"
 	"github.com/cometop/comet-operator/cometserver/server"
+	"github.com/cometop/comet-operator/cometserver/webclient"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -634,5 +639,430 @@ comet.add("demo/lobby");
 				t.Errorf("write to demo/lobby: %+v, %v: a disallowed origin listens", out, err)
 			}
 		})
+	}
+}
+
+// ownClient stops the page's own client, if it has one (the demo's), and
+// makes window.c, a client of the test's with capture's recording handlers
+// (polling state events also record their registration, as channels) and
+// options opts. It records every XMLHttpRequest opened from then on in
+// window.xhrs, each abort of one as an "abort" event, and the message of
+// every exception that reaches the window in window.uncaught.
+func ownClient(opts string) string {
+	return `(() => {
+  if (typeof comet !== "undefined") comet.stop();
+  window.got = [];
+  window.events = [];
+  window.uncaught = [];
+  window.xhrs = [];
+  window.record = (e) => { e.at = performance.now(); events.push(e); };
+  addEventListener("error", (e) => uncaught.push(e.error ? e.error.message : e.message));
+  const open = XMLHttpRequest.prototype.open;
+  XMLHttpRequest.prototype.open = function (...args) {
+    xhrs.push(this);
+    this.addEventListener("abort", () => record({kind: "abort"}));
+    return open.apply(this, args);
+  };
+  window.c = new Comet("/comet", Object.assign({
+    onMessage: (id, text) => { got.push(["msg", id, text]); record({kind: "msg", id, text}); },
+    onEnded: (id) => { got.push(["ended", id]); record({kind: "ended", id}); },
+    onError: (e) => { got.push(["error", e.status]); record({kind: "error", status: e.status}); },
+    onState: (s, d) => {
+      got.push(["state", s, d && d.status]);
+      record({kind: "state", state: s, status: d && d.status, delay: d && d.delay, failures: d && d.failures, channels: d && d.channels});
+    },
+  }, ` + opts + `));
+})();
+`
+}
+
+// pageLog is what the page's client did, in order, one short line per
+// call or abort: "polling a,b", "msg a one", "ended b", "backoff 503",
+// "stopped", "abort" (errors too, as "error 404").
+const pageLog = `events.map(e =>
+  e.kind === "state" ? (e.state === "polling" ? "polling " + e.channels.join(",") : e.state === "backoff" ? "backoff " + e.status : e.state) :
+  e.kind === "msg" ? "msg " + e.id + " " + e.text :
+  e.kind === "ended" ? "ended " + e.id :
+  e.kind === "error" ? "error " + e.status : e.kind)`
+
+// listeners is how many polls listen on channel id now (-1: no such
+// channel).
+func (s *cometServer) listeners(id string) int {
+	info, err := s.srv.Hub().Info(id)
+	if err != nil {
+		return -1
+	}
+	return info.Listeners
+}
+
+// waitOnlyPoll waits until exactly one poll waits on the server and it
+// listens on exactly the channels want among all: the page's client has
+// one poll, registered as it should be, and any poll it replaced has gone.
+func (s *cometServer) waitOnlyPoll(want []string, all ...string) {
+	s.t.Helper()
+	got := map[string]int{}
+	waiting := 0
+	if bounded.Until(10*time.Second, func() bool {
+		waiting = s.srv.Status().Waiting
+		ok := waiting == 1
+		for _, id := range all {
+			got[id] = s.listeners(id)
+			ok = ok && got[id] == map[bool]int{true: 1, false: 0}[slices.Contains(want, id)]
+		}
+		return ok
+	}) {
+		return
+	}
+	s.t.Fatalf("timed out waiting for one poll on %v: %d waiting, listeners %v", want, waiting, got)
+}
+
+// scripted is a comet endpoint whose replies the test writes, on a server
+// of its own that serves comet.js and a blank page loading it at /. Each
+// poll comes to the test on polls, with its registration, and waits there
+// to be answered.
+type scripted struct {
+	t     *testing.T
+	url   string
+	polls chan *scriptedPoll
+}
+
+type scriptedPoll struct {
+	ids    []string
+	answer chan scriptedReply
+	hungUp chan struct{} // closed if the client hangs up before the whole reply
+}
+
+type scriptedReply struct {
+	status      int
+	first, rest string        // the body, in two parts
+	hold        chan struct{} // when set, the rest waits for it to close
+}
+
+func startScripted(t *testing.T) *scripted {
+	s := &scripted{t: t, polls: make(chan *scriptedPoll, 64)}
+	quit := make(chan struct{})
+	mux := http.NewServeMux()
+	webclient.Register(mux)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `<!doctype html><title>scripted comet endpoint</title><script src="/comet.js"></script>`)
+	})
+	mux.HandleFunc("POST /comet", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		form, err2 := url.ParseQuery(string(body))
+		if ct := r.Header.Get("Content-Type"); err != nil || err2 != nil || !strings.HasPrefix(ct, "application/x-ocsigen-comet") {
+			t.Errorf("scripted endpoint: a poll of type %q, body %q: %v, %v", ct, body, err, err2)
+			http.Error(w, "bad poll", http.StatusBadRequest)
+			return
+		}
+		p := &scriptedPoll{ids: strings.Split(form.Get("registration"), "\n"), answer: make(chan scriptedReply, 1), hungUp: make(chan struct{})}
+		select {
+		case s.polls <- p:
+		default:
+			t.Errorf("scripted endpoint: %d polls the test did not take", cap(s.polls))
+			return
+		}
+		var a scriptedReply
+		select {
+		case a = <-p.answer:
+		case <-r.Context().Done():
+			close(p.hungUp)
+			return
+		case <-quit:
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		// Without it Chromium sniffs a text/plain body for binary content
+		// and keeps the whole reply from the page (readyState 1) until
+		// 1024 bytes of the body or its end have come.
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Content-Length", strconv.Itoa(len(a.first)+len(a.rest)))
+		w.WriteHeader(a.status)
+		io.WriteString(w, a.first)
+		if a.hold != nil {
+			if err := http.NewResponseController(w).Flush(); err != nil {
+				t.Errorf("scripted endpoint: flushing a head: %v", err)
+			}
+			select {
+			case <-a.hold:
+			case <-r.Context().Done():
+				close(p.hungUp)
+				return
+			case <-quit:
+				return
+			}
+		}
+		io.WriteString(w, a.rest)
+	})
+	srv := httptest.NewServer(mux)
+	// Registered before any tab, so it runs after the tabs have closed:
+	// quit unblocks what is left.
+	t.Cleanup(func() { close(quit); srv.Close() })
+	s.url = srv.URL
+	return s
+}
+
+// next is the next poll, which must register want.
+func (s *scripted) next(what string, want ...string) *scriptedPoll {
+	s.t.Helper()
+	p := bounded.Recv(s.t, what, 10*time.Second, s.polls)
+	if !slices.Equal(p.ids, want) {
+		s.t.Fatalf("%s registers %q, want %q", what, p.ids, want)
+	}
+	return p
+}
+
+// reply answers p at once.
+func (p *scriptedPoll) reply(status int, body string) {
+	p.answer <- scriptedReply{status: status, first: body}
+}
+
+// hold starts p's reply at once: its head (status, and the Content-Length
+// of first+rest) and first, flushed. The rest follows when release is
+// called. (The head alone is not enough: Chromium moves an
+// XMLHttpRequest to readyState 2 only once some of the body has come.)
+func (p *scriptedPoll) hold(status int, first, rest string) (release func()) {
+	c := make(chan struct{})
+	p.answer <- scriptedReply{status: status, first: first, rest: rest, hold: c}
+	return func() { close(c) }
+}
+
+func (p *scriptedPoll) hungUpOn() bool {
+	select {
+	case <-p.hungUp:
+		return true
+	default:
+		return false
+	}
+}
+
+// Adding a channel while the poll waits with no reply started aborts that
+// poll: one poll, registered on both channels, takes its place at once
+// (the server would otherwise keep the old one for a minute).
+func TestAddAbortsAWaitingPoll(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startServer(t, "", "--timeout", "60s")
+	for _, id := range []string{"a", "other"} {
+		if _, err := s.srv.Hub().Create(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := tab(t, s.url())
+	evalJS[bool](t, ctx, ownClient(`{}`)+`c.add("a"); true`)
+	s.waitOnlyPoll([]string{"a"}, "a", "other")
+
+	// readyState 1: sent, and nothing of a reply has come.
+	before := evalJS[[]int](t, ctx, `(() => {
+  const rs = xhrs[0].readyState;
+  c.add("other");
+  return [rs, xhrs.length, events.filter(e => e.kind === "abort").length];
+})()`)
+	if !slices.Equal(before, []int{1, 2, 1}) {
+		t.Fatalf("adding a channel: [readyState before, requests, aborts] = %v, want [1 2 1]: the waiting poll not aborted and replaced at once", before)
+	}
+	s.waitOnlyPoll([]string{"a", "other"}, "a", "other")
+	s.publish("other", []byte("to the new channel"))
+	waitJS(t, ctx, "the message to the new channel", `got.some(e => e[0] === "msg" && e[2] === "to the new channel")`, 10*time.Second)
+	s.publish("a", []byte("to the old one"))
+	waitJS(t, ctx, "the message to the old channel", `got.some(e => e[0] === "msg" && e[2] === "to the old one")`, 10*time.Second)
+
+	log := evalJS[[]string](t, ctx, pageLog)
+	want := []string{"polling a", "abort", "polling a,other", "msg other to the new channel", "polling a,other", "msg a to the old one", "polling a,other"}
+	if !slices.Equal(log, want) {
+		t.Fatalf("page log %q, want %q", log, want)
+	}
+}
+
+// Adding a channel while a reply is under way (readyState 2 or more: its
+// head and the start of its body have come, the rest has not) does not
+// abort it: the reply is read to its end and its message delivered once,
+// then the next poll carries the new registration. For a 503 under way
+// too: the new registration follows at once, not after the backoff the
+// 503 announced.
+func TestReplyUnderWayIsReadBeforeReRegistering(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startScripted(t)
+	ctx := tab(t, s.url)
+	evalJS[bool](t, ctx, ownClient(`{retryBase: 60000}`)+`c.add("a"); true`)
+	p1 := s.next("the first poll", "a")
+	release := p1.hold(200, "a:o", "ne")
+	waitJS(t, ctx, "the start of the reply", `xhrs.length === 1 && xhrs[0].readyState >= 2`, 10*time.Second)
+	// add neither aborts the reply nor sends a request (and the page log
+	// at the end shows that nothing did later, before the reply ended).
+	now := evalJS[[]int](t, ctx, `c.add("b"); [xhrs.length, events.filter(e => e.kind === "abort").length]`)
+	if !slices.Equal(now, []int{1, 0}) {
+		t.Fatalf("adding a channel during a reply: [requests, aborts] = %v, want [1 0]", now)
+	}
+	release()
+	waitJS(t, ctx, "the message of the reply under way", `got.some(e => e[0] === "msg" && e[2] === "one")`, 10*time.Second)
+	p2 := s.next("the poll after the reply", "a", "b")
+	if p1.hungUpOn() {
+		t.Fatal("the client hung up on the reply under way")
+	}
+	p2.reply(200, "b:two")
+	waitJS(t, ctx, "the message to the new channel", `got.some(e => e[0] === "msg" && e[2] === "two")`, 10*time.Second)
+
+	// A 503 under way: the backoff is announced (a minute), but the new
+	// registration follows at once.
+	p3 := s.next("the poll after the second reply", "a", "b")
+	release = p3.hold(503, "unavail", "able")
+	waitJS(t, ctx, "the start of the 503", `xhrs.length === 3 && xhrs[2].readyState >= 2`, 10*time.Second)
+	now = evalJS[[]int](t, ctx, `c.add("c"); [xhrs.length, events.filter(e => e.kind === "abort").length]`)
+	if !slices.Equal(now, []int{3, 0}) {
+		t.Fatalf("adding a channel during a 503: [requests, aborts] = %v, want [3 0]", now)
+	}
+	release()
+	s.next("the poll after the 503", "a", "b", "c")
+	if p3.hungUpOn() {
+		t.Fatal("the client hung up on the 503 under way")
+	}
+
+	log := evalJS[[]string](t, ctx, pageLog)
+	want := []string{"polling a", "msg a one", "polling a,b", "msg b two", "polling a,b", "backoff 503", "polling a,b,c"}
+	if !slices.Equal(log, want) {
+		t.Fatalf("page log %q, want %q", log, want)
+	}
+	if delay := evalJS[int](t, ctx, `events.find(e => e.state === "backoff").delay`); delay < 60000 {
+		t.Fatalf("backoff of %d ms announced, want at least a minute", delay)
+	}
+}
+
+// A handler that throws stops neither the delivery of the rest of its
+// reply nor polling: onMessage throws on the first message, onEnded and
+// onState every time. Each exception still reaches the window, rethrown
+// asynchronously.
+func TestThrowingHandlersDoNotStopDelivery(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startScripted(t)
+	ctx := tab(t, s.url)
+	evalJS[bool](t, ctx, ownClient(`{}`)+`
+let messages = 0;
+c.onMessage = (id, text) => { got.push(["msg", id, text]); if (++messages === 1) throw new Error("boom: onMessage"); };
+c.onEnded = (id) => { got.push(["ended", id]); throw new Error("boom: onEnded"); };
+c.onState = (s) => { got.push(["state", s]); throw new Error("boom: onState " + s); };
+c.add("a");
+true`)
+	s.next("the first poll", "a").reply(200, "a:one\na:two\na:three")
+	p := s.next("the poll after a throwing onMessage", "a")
+	evalJS[bool](t, ctx, `c.add("b"); true`) // aborts p, which waits
+	s.next("the poll with b", "a", "b").reply(200, "b:ENDED_CHANNEL\na:four")
+	s.next("the poll after a throwing onEnded", "a").reply(200, "a:five")
+	s.next("the poll after that", "a")
+	if !bounded.Until(10*time.Second, p.hungUpOn) {
+		t.Fatal("the poll replaced by adding b was not aborted")
+	}
+
+	delivered := evalJS[[]string](t, ctx, `got.filter(e => e[0] !== "state").map(e => e.join(" "))`)
+	want := []string{"msg a one", "msg a two", "msg a three", "ended b", "msg a four", "msg a five"}
+	if !slices.Equal(delivered, want) {
+		t.Fatalf("delivered %q, want %q", delivered, want)
+	}
+	// Five polls: each onState("polling") threw.
+	waitJS(t, ctx, "every exception in the window", `uncaught.filter(m => m === "boom: onState polling").length === 5`, 10*time.Second)
+	uncaught := evalJS[[]string](t, ctx, `uncaught`)
+	count := map[string]int{}
+	for _, m := range uncaught {
+		count[m]++
+	}
+	if len(count) != 3 || count["boom: onMessage"] != 1 || count["boom: onEnded"] != 1 {
+		t.Fatalf("exceptions in the window: %q, want onMessage's and onEnded's once, onState's five times", uncaught)
+	}
+}
+
+// An identifier the server can never name a channel by, because it holds
+// ':', comes back as "a:b:ENDED_CHANNEL": the line is split at its last
+// ':', so onEnded gets the whole identifier, as registered, and it is
+// dropped from the registration.
+func TestEndedIDWithColons(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startServer(t, "")
+	if _, err := s.srv.Hub().Create("live"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := tab(t, s.url())
+	evalJS[bool](t, ctx, ownClient(`{}`)+`c.add("a:b"); c.add("x:y:z"); c.add("live"); true`)
+	waitListening(t, s, "live")
+	s.publish("live", []byte("hi: there"))
+	waitJS(t, ctx, "the message", `got.some(e => e[0] === "msg")`, 10*time.Second)
+	delivered := evalJS[[]string](t, ctx, `got.filter(e => e[0] !== "state").map(e => e.join(" "))`)
+	want := []string{"ended a:b", "ended x:y:z", "msg live hi: there"}
+	if !slices.Equal(delivered, want) {
+		t.Fatalf("delivered %q, want %q", delivered, want)
+	}
+	if ids := evalJS[[]string](t, ctx, `c.channels()`); !slices.Equal(ids, []string{"live"}) {
+		t.Fatalf("still registered: %q, want [live]", ids)
+	}
+	waitJS(t, ctx, "a poll on live alone", `events.at(-1).kind === "state" && events.at(-1).state === "polling" && events.at(-1).channels.join() === "live"`, 10*time.Second)
+}
+
+// Removing a channel re-registers at once; removing the last one stops
+// polling: onState("stopped"), the waiting poll is aborted (the server
+// sees its listener leave) and no request follows.
+func TestRemovingTheLastChannelStopsPolling(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startServer(t, "", "--timeout", "60s")
+	for _, id := range []string{"a", "b"} {
+		if _, err := s.srv.Hub().Create(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := tab(t, s.url())
+	evalJS[bool](t, ctx, ownClient(`{}`)+`c.add("a"); c.add("b"); true`)
+	s.waitOnlyPoll([]string{"a", "b"}, "a", "b")
+	evalJS[bool](t, ctx, `c.remove("a"); true`)
+	s.waitOnlyPoll([]string{"b"}, "a", "b")
+
+	requests := evalJS[int](t, ctx, `xhrs.length`)
+	now := evalJS[[]string](t, ctx, `c.remove("b"); [String(xhrs.length), `+pageLog+`.at(-1), c.channels().join()]`)
+	if want := []string{strconv.Itoa(requests), "stopped", ""}; !slices.Equal(now, want) {
+		t.Fatalf("removing the last channel: [requests, last event, channels] = %q, want %q", now, want)
+	}
+	if !bounded.Until(10*time.Second, func() bool { return s.srv.Status().Waiting == 0 && s.listeners("b") == 0 }) {
+		t.Fatalf("the poll on b still waits after the last remove: %+v, %d listeners", s.srv.Status(), s.listeners("b"))
+	}
+	// No request follows: none from the page, none at the server (a poll
+	// would wait, or be answered and counted), over a second.
+	replies := s.replies()
+	if bounded.Until(time.Second, func() bool {
+		return evalJS[int](t, ctx, `xhrs.length`) != requests || s.srv.Status().Waiting != 0
+	}) {
+		t.Fatalf("a request after the last remove: page log %q, %+v", evalJS[[]string](t, ctx, pageLog), s.srv.Status())
+	}
+	if after := s.replies(); !maps.Equal(after, replies) {
+		t.Fatalf("replies went from %v to %v after the last remove", replies, after)
+	}
+	log := evalJS[[]string](t, ctx, pageLog)
+	want := []string{"polling a", "abort", "polling a,b", "abort", "polling b", "abort", "stopped"}
+	if !slices.Equal(log, want) {
+		t.Fatalf("page log %q, want %q", log, want)
+	}
+}
+
+// stop() aborts a waiting poll: the server sees its listener leave at
+// once, not at the poll's timeout, and a message written then reaches
+// nobody.
+func TestStopAbortsAWaitingPoll(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startServer(t, "", "--timeout", "60s")
+	if _, err := s.srv.Hub().Create("a"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := tab(t, s.url())
+	evalJS[bool](t, ctx, ownClient(`{}`)+`c.add("a"); true`)
+	s.waitOnlyPoll([]string{"a"}, "a")
+	now := evalJS[[]string](t, ctx, `c.stop(); `+pageLog)
+	if want := []string{"polling a", "abort", "stopped"}; !slices.Equal(now, want) {
+		t.Fatalf("page log after stop %q, want %q", now, want)
+	}
+	if !bounded.Until(10*time.Second, func() bool { return s.srv.Status().Waiting == 0 && s.listeners("a") == 0 }) {
+		t.Fatalf("the poll still waits after stop: %+v, %d listeners", s.srv.Status(), s.listeners("a"))
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := s.srv.Hub().Write(wctx, "a", []byte("after stop")); err != nil || !out.NoListener() {
+		t.Fatalf("write after stop: %+v, %v: a listener", out, err)
+	}
+	if log := evalJS[[]string](t, ctx, pageLog); !slices.Equal(log, now) {
+		t.Fatalf("page log %q after stop, want %q", log, now)
 	}
 }
