@@ -27,17 +27,34 @@ import (
 	"github.com/cometop/comet-operator/cometserver/cometclient"
 	"github.com/cometop/comet-operator/cometserver/config"
 	"github.com/cometop/comet-operator/cometserver/server"
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 var ctx = context.Background()
 
 func createCometServer(t *testing.T, ns string, spec cometv1.CometServerSpec) *cometv1.CometServer {
 	t.Helper()
-	cs := &cometv1.CometServer{ObjectMeta: metav1.ObjectMeta{Name: "push", Namespace: ns}, Spec: spec}
+	return createLabelled(t, ns, nil, spec)
+}
+
+// createLabelled creates the CometServer "push" with labels, and deletes
+// it when the test ends, so that no reconciler goes on pushing into the
+// test's pods once their servers are gone.
+func createLabelled(t *testing.T, ns string, labels map[string]string, spec cometv1.CometServerSpec) *cometv1.CometServer {
+	t.Helper()
+	cs := &cometv1.CometServer{ObjectMeta: metav1.ObjectMeta{Name: "push", Namespace: ns, Labels: labels}, Spec: spec}
 	if err := k8s.Create(ctx, cs); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { deleteCometServer(t, cs) })
 	return cs
+}
+
+func deleteCometServer(t *testing.T, cs *cometv1.CometServer) {
+	t.Helper()
+	if err := k8s.Delete(ctx, cs); client.IgnoreNotFound(err) != nil {
+		t.Errorf("deleting CometServer %s/%s: %v", cs.Namespace, cs.Name, err)
+	}
 }
 
 func get(t *testing.T, ns, name string, obj client.Object) error {
@@ -295,6 +312,7 @@ func waitEvent(t *testing.T, ns, reason, text string) {
 }
 
 func TestCreateMakesObjects(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{
 		MaxVirtualChannels: ptr.To[int32](5),
@@ -398,6 +416,7 @@ func TestCreateMakesObjects(t *testing.T) {
 }
 
 func TestInvalidSpecsAreRefused(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	ns := newNamespace(t)
 	tests := []struct {
 		name string
@@ -432,6 +451,7 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 }
 
 func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	p := startPod(t, ns, "push-a")
@@ -521,6 +541,7 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 }
 
 func TestDriftAndRestartsArePushedAgain(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 30 * time.Second}})
 	p := startPod(t, ns, "push-a")
@@ -540,7 +561,22 @@ func TestDriftAndRestartsArePushedAgain(t *testing.T) {
 
 	// A restarted container (new container ID) comes up from the config file
 	// and is pushed again at once: here its server restarts with a stale
-	// file, as a kubelet may mount one.
+	// file, as a kubelet may mount one. The suite's resync period would
+	// correct the pod anyway within the wait, so this part runs under a
+	// reconciler of its own whose resync period is an hour: only the new
+	// container ID can bring the push.
+	const longResync = time.Hour
+	ns = newNamespace(t)
+	startManager(t, ns, longResync)
+	createLabelled(t, ns, map[string]string{ownReconcilerLabel: "long-resync"}, cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 30 * time.Second}})
+	p = startPod(t, ns, "push-a")
+	cs := waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
+	if st := podState(cs, "push-a"); st.ContainerID != "containerd://push-a-1" {
+		t.Fatalf("container id %q before the restart", st.ContainerID)
+	}
+	calls := len(commander.callsFor(ns))
+
+	restarted := time.Now()
 	p.stopServer()
 	p.startServerWith("timeout: 5s\nactivated: false\n")
 	p.setReady("containerd://push-a-2")
@@ -550,13 +586,20 @@ func TestDriftAndRestartsArePushedAgain(t *testing.T) {
 		}
 		return nil
 	})
-	cs := waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
+	cs = waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
 	if st := podState(cs, "push-a"); st.ContainerID != "containerd://push-a-2" {
 		t.Fatalf("container id %q", st.ContainerID)
+	}
+	if took := time.Since(restarted); took >= longResync/2 {
+		t.Fatalf("pushed %v after the restart: a resync could have done it", took)
+	}
+	if n := len(commander.callsFor(ns)); n <= calls {
+		t.Fatalf("%d execs after the restart, want the push", n-calls)
 	}
 }
 
 func TestStaticChangesRollLiveChangesDoNot(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	var dep appsv1.Deployment
@@ -587,12 +630,12 @@ func TestStaticChangesRollLiveChangesDoNot(t *testing.T) {
 }
 
 func TestSteadyStateWritesNothing(t *testing.T) {
+	bounded.Test(t, time.Minute)
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	startPod(t, ns, "push-a")
 	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
 	waitCondition(t, ns, cometv1.ConditionProgressing, metav1.ConditionFalse, "")
-	time.Sleep(time.Second) // let the last owned-object events settle
 
 	versions := func() string {
 		var cs cometv1.CometServer
@@ -605,18 +648,28 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 		get(t, ns, "push-config", &cm)
 		return strings.Join([]string{cs.ResourceVersion, dep.ResourceVersion, svc.ResourceVersion, cm.ResourceVersion}, ",")
 	}
+	// Each periodic check of the pod is one exec. The reconciles of one
+	// CometServer run one at a time, so when a check has begun, every
+	// reconcile that the setup caused has ended.
+	checks := func(n int, what string) {
+		t.Helper()
+		bounded.Wait(t, what, 4*testResync+10*time.Second, func() bool {
+			return len(commander.callsFor(ns)) >= n
+		})
+	}
+	first := len(commander.callsFor(ns)) + 1
+	checks(first, "a periodic check")
 	before := versions()
-	calls := len(commander.callsFor(ns))
-	time.Sleep(2*testResync + time.Second) // long enough for two periodic checks
+	// When the fourth check begins, the second and third have run whole
+	// between the two readings: two resync periods of steady state.
+	checks(first+3, "three more periodic checks")
 	if after := versions(); after != before {
 		t.Fatalf("resource versions moved in a steady state: %s to %s", before, after)
-	}
-	if len(commander.callsFor(ns)) <= calls {
-		t.Fatal("no periodic check ran: the test proves nothing")
 	}
 }
 
 func TestFailedPushShowsAndIsRetried(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	p := startPod(t, ns, "push-a")
@@ -666,6 +719,7 @@ func TestFailedPushShowsAndIsRetried(t *testing.T) {
 
 // The samples users start from are accepted by the API server and reconcile.
 func TestSamplesAreValid(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
 	files, err := filepath.Glob("../config/samples/comet_*.yaml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no samples: %v", err)
@@ -684,6 +738,7 @@ func TestSamplesAreValid(t *testing.T) {
 		if err := k8s.Create(ctx, &cs); err != nil {
 			t.Fatalf("%s refused: %v", f, err)
 		}
+		t.Cleanup(func() { deleteCometServer(t, &cs) })
 		eventually(t, f+" reconciled", func() error {
 			var got cometv1.CometServer
 			if err := get(t, ns, cs.Name, &got); err != nil {

@@ -24,25 +24,40 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
+	"github.com/cometop/comet-operator/test/bounded"
 )
 
 var (
-	k8s       client.Client
-	commander = &localCommander{sockets: map[string]string{}}
-	ctlBinary string
-	testRoot  string
+	k8s        client.Client // talks to the API server directly
+	cached     client.Client // the suite manager's client, reading its cache
+	testCfg    *rest.Config
+	testScheme = runtime.NewScheme()
+	commander  = &localCommander{sockets: map[string]string{}}
+	ctlBinary  string
+	testRoot   string
 )
+
+// ownReconcilerLabel on a CometServer keeps the suite's manager away from
+// it: a test that needs a reconciler of its own (another resync period)
+// starts one with startManager.
+const ownReconcilerLabel = "test.cometop.dev/own-reconciler"
 
 const (
 	testResync = 2 * time.Second
@@ -56,6 +71,11 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(false), zap.Level(zapLevel())))
+	// Mutation testing (hack/mutation.sh) runs the tests once per mutant:
+	// there, only the tests of pure functions run, without an API server.
+	if os.Getenv("COMET_PURE_TESTS") != "" {
+		return m.Run()
+	}
 	var err error
 	if testRoot, err = os.MkdirTemp("", "comet-envtest"); err != nil {
 		panic(err)
@@ -88,31 +108,28 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer env.Stop()
+	testCfg = cfg
 
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(cometv1.AddToScheme(scheme))
+	utilruntime.Must(clientgoscheme.AddToScheme(testScheme))
+	utilruntime.Must(cometv1.AddToScheme(testScheme))
+	cacheOptions := CacheOptions(nil)
+	notOwn, err := labels.Parse("!" + ownReconcilerLabel)
+	if err != nil {
+		panic(err)
+	}
+	cacheOptions.ByObject[&cometv1.CometServer{}] = cache.ByObject{Label: notOwn}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  scheme,
+		Scheme:  testScheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache:   CacheOptions(nil),
+		Cache:   cacheOptions,
 	})
 	if err != nil {
 		panic(err)
 	}
-	if err := (&CometServerReconciler{
-		Client:          mgr.GetClient(),
-		Scheme:          scheme,
-		Recorder:        mgr.GetEventRecorder("comet-operator"),
-		Commander:       commander,
-		Image:           "cometserver:test",
-		PushConcurrency: 2,
-		PushTimeout:     testPush,
-		ResyncPeriod:    testResync,
-		RetryPeriod:     testRetry,
-	}).SetupWithManager(mgr); err != nil {
+	if err := newReconciler(mgr, testResync).SetupWithManager(mgr); err != nil {
 		panic(err)
 	}
+	cached = mgr.GetClient()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -122,10 +139,107 @@ func run(m *testing.M) int {
 		}
 	}()
 	defer func() { cancel(); <-done }()
-	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+	if k8s, err = client.New(cfg, client.Options{Scheme: testScheme}); err != nil {
 		panic(err)
 	}
 	return m.Run()
+}
+
+// newReconciler is the reconciler the tests run: the operator's, with
+// short periods, the given resync period, and localCommander for exec.
+func newReconciler(mgr ctrl.Manager, resync time.Duration) *CometServerReconciler {
+	return &CometServerReconciler{
+		Client:          mgr.GetClient(),
+		Scheme:          testScheme,
+		Recorder:        mgr.GetEventRecorder("comet-operator"),
+		Commander:       commander,
+		Image:           "cometserver:test",
+		PushConcurrency: 2,
+		PushTimeout:     testPush,
+		ResyncPeriod:    resync,
+		RetryPeriod:     testRetry,
+	}
+}
+
+// startManager runs a manager of its own for the CometServers of one
+// namespace that carry ownReconcilerLabel, with the given resync period,
+// until the test ends.
+func startManager(t *testing.T, ns string, resync time.Duration) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(testCfg, ctrl.Options{
+		Scheme:     testScheme,
+		Metrics:    metricsserver.Options{BindAddress: "0"},
+		Cache:      CacheOptions([]string{ns}),
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)}, // a second "cometserver" controller
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newReconciler(mgr, resync).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	mgrCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(mgrCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := bounded.Recv(t, "the test's manager to stop", 30*time.Second, done); err != nil {
+			t.Errorf("the test's manager: %v", err)
+		}
+	})
+}
+
+// quiesce stops the suite's manager from pushing, for tests that read the
+// process-wide push metrics: it deletes every CometServer left, waits for
+// the manager's cache to hold none, then for no reconcile to be running.
+// A reconcile running then began after the cache emptied: it finds no
+// CometServer and pushes nothing.
+func quiesce(t *testing.T) {
+	t.Helper()
+	if k8s == nil {
+		return // no API server, no manager: nothing else pushes
+	}
+	var list cometv1.CometServerList
+	if err := k8s.List(context.Background(), &list); err != nil {
+		t.Fatal(err)
+	}
+	for i := range list.Items {
+		if err := k8s.Delete(context.Background(), &list.Items[i]); client.IgnoreNotFound(err) != nil {
+			t.Fatal(err)
+		}
+	}
+	bounded.Wait(t, "the manager's cache to hold no CometServer", 30*time.Second, func() bool {
+		var l cometv1.CometServerList
+		return cached.List(context.Background(), &l) == nil && len(l.Items) == 0
+	})
+	bounded.Wait(t, "the cometserver controller to report no reconcile running (controller_runtime_active_workers 0)", 30*time.Second, func() bool {
+		n, ok := activeWorkers(t)
+		return ok && n == 0
+	})
+}
+
+// activeWorkers is controller-runtime's count of the cometserver
+// controller's reconciles running now; not ok until the controller has
+// started and reports it.
+func activeWorkers(t *testing.T) (n float64, ok bool) {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "controller_runtime_active_workers" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "controller" && l.GetValue() == "cometserver" {
+					n, ok = n+m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return n, ok
 }
 
 func zapLevel() zapcore.Level {
@@ -205,6 +319,9 @@ func eventually(t *testing.T, what string, cond func() error) {
 
 func newNamespace(t *testing.T) string {
 	t.Helper()
+	if k8s == nil {
+		t.Skip("COMET_PURE_TESTS is set: no API server")
+	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "comet-test-"}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatal(err)
