@@ -5,12 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	streamspdy "k8s.io/apimachinery/pkg/util/httpstream/spdy"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
+	"k8s.io/client-go/transport/spdy"
 	utilexec "k8s.io/client-go/util/exec"
 	"k8s.io/streaming/pkg/httpstream"
 )
@@ -61,7 +67,11 @@ func (e *ExecCommander) Exec(ctx context.Context, pod *corev1.Pod, container str
 	if err != nil {
 		return nil, nil, fmt.Errorf("websocket executor: %w", err)
 	}
-	spdy, err := remotecommand.NewSPDYExecutor(e.config, "POST", req.URL())
+	transport, upgrader, err := spdyTransport(e.config)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spdy transport: %w", err)
+	}
+	spdy, err := remotecommand.NewSPDYExecutorForTransports(transport, upgrader, "POST", req.URL())
 	if err != nil {
 		return nil, nil, fmt.Errorf("spdy executor: %w", err)
 	}
@@ -71,16 +81,84 @@ func (e *ExecCommander) Exec(ctx context.Context, pod *corev1.Pod, container str
 	if err != nil {
 		return nil, nil, fmt.Errorf("exec: %w", err)
 	}
-	var stdout, stderr bytes.Buffer
+	// At the deadline client-go returns while its goroutines may still copy
+	// the streams: the buffers take their writes under a lock, and what is
+	// returned is a copy.
+	var stdout, stderr lockedBuffer
 	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
 	var exit utilexec.ExitError
 	if errors.As(err, &exit) {
-		return stdout.Bytes(), stderr.Bytes(), &ExitError{Code: exit.ExitStatus(), Stderr: stderr.String()}
+		return stdout.Bytes(), stderr.Bytes(), &ExitError{Code: exit.ExitStatus(), Stderr: string(stderr.Bytes())}
 	}
 	if err != nil {
 		return stdout.Bytes(), stderr.Bytes(), fmt.Errorf("exec in %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return stdout.Bytes(), stderr.Bytes(), nil
+}
+
+// spdyTransport is client-go's SPDY transport for cfg (spdy.RoundTripperFor)
+// on connections bound to the request's context. client-go reads the
+// upgrade's answer with no deadline, so an API server that took the request
+// and never answered would hold the push, and with it the reconcile, past
+// any timeout. The price: the SPDY fallback dials the API server directly,
+// without an HTTP proxy (the WebSocket path, tried first, honours one).
+func spdyTransport(cfg *rest.Config) (http.RoundTripper, spdy.Upgrader, error) {
+	tlsConfig, err := rest.TLSConfigFor(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	upgrader, err := streamspdy.NewRoundTripperWithConfig(streamspdy.RoundTripperConfig{
+		UpgradeTransport: &http.Transport{TLSClientConfig: tlsConfig, DialContext: dialBound},
+		PingPeriod:       5 * time.Second, // as spdy.RoundTripperFor
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	wrapper, err := rest.HTTPWrappersForConfig(cfg, upgrader)
+	if err != nil {
+		return nil, nil, err
+	}
+	return wrapper, upgrader, nil
+}
+
+// dialBound dials a connection that fails every read and write once ctx
+// ends.
+func dialBound(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	return &boundConn{Conn: c, stop: stop}, nil
+}
+
+type boundConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *boundConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
 }
 
 func firstLine(s string) string {
