@@ -15,6 +15,7 @@ import (
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -749,5 +750,29 @@ func TestSamplesAreValid(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// `kubectl get comet` shows, as the README says, ready pods, activated,
+// timeout and whether the ready pods hold the live state: the columns the
+// API server serves for the CRD.
+func TestPrinterColumns(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	newNamespace(t) // skips without an API server
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := k8s.Get(ctx, types.NamespacedName{Name: "cometservers.comet.cometop.dev"}, &crd); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range crd.Spec.Versions[0].AdditionalPrinterColumns {
+		got = append(got, c.Name+"="+c.JSONPath)
+	}
+	want := []string{"Ready=.status.readyReplicas", "Activated=.spec.activated", "Timeout=.spec.timeout",
+		`Applied=.status.conditions[?(@.type=="ConfigApplied")].status`, "Age=.metadata.creationTimestamp"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("columns %q, want %q", got, want)
+	}
+	if crd.Spec.Names.ShortNames[0] != "comet" {
+		t.Fatalf("short names %q", crd.Spec.Names.ShortNames)
 	}
 }
