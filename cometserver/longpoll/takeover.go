@@ -217,10 +217,8 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, p *poll) bool
 		conn = rc.Conn // given back earlier, and its replay is read
 	}
 	c := &parked{h: h, conn: conn, path: r.URL.Path, handback: handback}
-	if n := brw.Reader.Buffered(); n > 0 { // a pipelined request
-		c.pending, _ = brw.Reader.Peek(n)
-		c.pending = append([]byte(nil), c.pending...)
-	}
+	pipelined, _ := brw.Reader.Peek(brw.Reader.Buffered()) // what net/http read past this request
+	c.pending = append([]byte(nil), pipelined...)
 	c.header = cloneNonEmpty(w.Header())
 	h.track(c)
 	go c.serve(p)

@@ -419,6 +419,20 @@ func TestLaterRequestOnATakenOverConnectionSeesTheState(t *testing.T) {
 	}
 	e.state.Activate()
 	e.park(c) // the same connection serves polls again
+
+	// A poll waiting on it when comet is deactivated: 503, the connection
+	// kept too.
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	e.state.Deactivate()
+	if r, closing := c.read(); r.status != 503 || closing {
+		t.Fatalf("a waiting poll deactivated: %d (close %v), want 503 on a kept connection", r.status, closing)
+	}
+	if !openFor(c, 100*time.Millisecond) || e.parkedConns() != 1 {
+		t.Fatal("the connection of a waiting poll answered 503 was closed")
+	}
+	e.state.Activate()
+	e.park(c)
 	e.state.Drain()
 	c.send(pollRequest("registration=a"))
 	if r, closing := c.read(); r.status != 503 || !closing {
