@@ -517,3 +517,27 @@ func TestPushConcurrency(t *testing.T) {
 		t.Errorf("success metrics moved by %v and %v, want 6", s.total-success.total, s.count-success.count)
 	}
 }
+
+// The next check of a CometServer is when its first pod check falls due,
+// at least a second from now, and never when nothing was verified.
+func TestNextCheck(t *testing.T) {
+	r := &CometServerReconciler{ResyncPeriod: 5 * time.Minute}
+	cs := types.NamespacedName{Namespace: "ns", Name: "push"}
+	if got := r.nextCheck(cs); got != 0 {
+		t.Fatalf("nothing verified: %v, want 0 (no requeue)", got)
+	}
+	now := time.Now()
+	r.markVerified(cs, "late", now)                      // due in 5m
+	r.markVerified(cs, "early", now.Add(-4*time.Minute)) // due in 1m
+	r.markVerified(cs, "mid", now.Add(-2*time.Minute))   // due in 3m
+	if got := r.nextCheck(cs); got > time.Minute || got < 59*time.Second {
+		t.Fatalf("next check in %v, want the earliest due, 1m", got)
+	}
+	r.markVerified(cs, "overdue", now.Add(-time.Hour))
+	if got := r.nextCheck(cs); got != time.Second {
+		t.Fatalf("an overdue pod: next check in %v, want 1s", got)
+	}
+	if got := r.nextCheck(types.NamespacedName{Namespace: "ns", Name: "other"}); got != 0 {
+		t.Fatalf("another CometServer's checks leaked: %v", got)
+	}
+}
