@@ -541,3 +541,12 @@ func TestNextCheck(t *testing.T) {
 		t.Fatalf("another CometServer's checks leaked: %v", got)
 	}
 }
+
+// A LastError is cut at 512 bytes, marked with "...".
+func TestTruncate(t *testing.T) {
+	for n, want := range map[int]string{511: strings.Repeat("e", 511), 512: strings.Repeat("e", 512), 513: strings.Repeat("e", 512) + "..."} {
+		if got := truncate(strings.Repeat("e", n), 512); got != want {
+			t.Errorf("%d bytes: %d bytes back", n, len(got))
+		}
+	}
+}
