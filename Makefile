@@ -63,10 +63,12 @@ bench-go: ## Run the Go micro-benchmarks and print their figures.
 	go test -run '^$$' -bench . -benchmem ./cometserver/...
 
 .PHONY: fuzz
-fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
-	go test -run '^$$' -fuzz '^FuzzParseRegistration$$' -fuzztime $(FUZZTIME) ./cometserver/wire
-	go test -run '^$$' -fuzz '^FuzzPayload$$' -fuzztime $(FUZZTIME) ./cometserver/wire
-	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cometserver/admin
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s) and keep what it finds under testdata/fuzz.
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
+.PHONY: mutation
+mutation: ## Mutation testing (gremlins) of the server's packages and the operator's pure functions; fails under 90% efficacy.
+	hack/mutation.sh
 
 ##@ Build and run
 

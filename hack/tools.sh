@@ -4,11 +4,12 @@
 # path of the one asked for. A module whose go.mod has replace directives
 # (which `go install` refuses) is built from a scratch module carrying them.
 #
-#   hack/tools.sh helm    hack/tools.sh helm-unittest
+#   hack/tools.sh helm    hack/tools.sh helm-unittest    hack/tools.sh gremlins
 set -euo pipefail
 
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 HELM_UNITTEST_VERSION=${HELM_UNITTEST_VERSION:-v1.1.2}
+GREMLINS_VERSION=${GREMLINS_VERSION:-v0.6.0}
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/bin/tools"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/comet-operator/tools"
@@ -22,8 +23,12 @@ helm-unittest)
 	module=github.com/helm-unittest/helm-unittest version=$HELM_UNITTEST_VERSION
 	pkg=github.com/helm-unittest/helm-unittest/cmd/helm-unittest ldflags=""
 	;;
+gremlins)
+	module=github.com/go-gremlins/gremlins version=$GREMLINS_VERSION
+	pkg=github.com/go-gremlins/gremlins/cmd/gremlins ldflags=""
+	;;
 *)
-	echo "usage: $0 helm|helm-unittest" >&2
+	echo "usage: $0 helm|helm-unittest|gremlins" >&2
 	exit 2
 	;;
 esac
@@ -48,8 +53,10 @@ if [ ! -x "$out" ]; then
 		go get "$pkg@$version" >&2
 		# As helm's own build does: the Kubernetes version helm assumes when
 		# rendering offline follows the client-go it is built with.
-		kminor=$(go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)
-		ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor"
+		if [ "$1" != gremlins ]; then
+			kminor=$(go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)
+			ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor"
+		fi
 		CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.partial" "$pkg"
 	)
 	mv "$out.partial" "$out"
