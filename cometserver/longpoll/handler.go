@@ -1,6 +1,12 @@
 // Package longpoll serves the comet client endpoint: a POST naming channels
 // waits until a message, an end of channel, a timeout or an abort answers it
 // (PROTOCOL.md sections 1 and 2).
+//
+// The protocol's steps are in one place, respond, top to bottom. The
+// connection a request came on is an exchange: net/http's own
+// (httpExchange, exchange.go), or a connection taken over from net/http and
+// parked (takeover.go), which costs a waiting request one goroutine and
+// no buffers.
 package longpoll
 
 import (
@@ -57,9 +63,10 @@ type Handler struct {
 	mu       sync.Mutex
 	handback func(net.Conn) bool // nil until Listener is called
 	parked   map[*parked]struct{}
-	hijacks  int         // takeovers between their closing check and track
-	closing  atomic.Bool // set under mu, so that Shutdown sees every hijack
-	hijacked func()      // a test's hook into the window between hijack and track
+	hijacks  int           // takeovers between their closing check and track
+	closing  atomic.Bool   // set under mu, so that Shutdown sees every hijack
+	stop     chan struct{} // closed with closing, for waits that select
+	hijacked func()        // a test's hook into the window between hijack and track
 }
 
 // New returns a Handler serving hub under state.
@@ -88,80 +95,105 @@ func New(hub channels.Hub, state *security.State, o Options) *Handler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{hub: hub, state: state, o: o, parked: make(map[*parked]struct{})}
+	return &Handler{hub: hub, state: state, o: o, parked: make(map[*parked]struct{}), stop: make(chan struct{})}
 }
 
 // Waiting is the number of requests waiting now.
 func (h *Handler) Waiting() int { return int(h.waiting.Load()) }
 
+// ServeHTTP answers a comet request: on a connection of its own when it
+// can take it over from net/http (takeover.go), on net/http's otherwise.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.allowOrigin(w.Header(), r)
+	if h.takeOver(w, r) {
+		return
+	}
+	h.respond(&httpExchange{h: h, w: w, r: r}, r)
+}
+
+// exchange is the connection a request came on, as respond uses it.
+type exchange interface {
+	// header holds the reply's extra headers (CORS, Allow).
+	header() http.Header
+	// bodyDeadline bounds the reading of the request's body; the zero
+	// time ends the bound.
+	bodyDeadline(t time.Time)
+	// wait blocks until p has something to say: an event, its deadline,
+	// an abort. It reports false if the client left first.
+	wait(p *poll) bool
+	// reply writes a whole response, and closes the connection after it
+	// with close. It reports whether the response was flushed.
+	reply(status int, body []byte, close bool) bool
+}
+
+// respond is the protocol, for one request on x.
+func (h *Handler) respond(x exchange, r *http.Request) {
+	h.allowOrigin(x, r)
 	switch r.Method {
 	case http.MethodPost:
 	case http.MethodOptions:
-		h.preflight(w, r)
+		h.preflight(x, r)
 		return
 	default:
-		w.Header().Set("Allow", "POST, OPTIONS")
-		h.fail(w, http.StatusMethodNotAllowed, "method not allowed: comet requests are POST")
+		x.header().Set("Allow", "POST, OPTIONS")
+		h.refuse(x, http.StatusMethodNotAllowed, "method not allowed: comet requests are POST")
 		return
 	}
 	if mediaType(r.Header.Get("Content-Type")) != ContentType {
-		h.fail(w, http.StatusUnsupportedMediaType, "unsupported content type: want "+ContentType)
+		h.refuse(x, http.StatusUnsupportedMediaType, "unsupported content type: want "+ContentType)
 		return
 	}
 
 	// 1. Read and decode the registration.
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(h.o.ReadTimeout)) // not every ResponseWriter supports deadlines
+	x.bodyDeadline(time.Now().Add(h.o.ReadTimeout))
 	ids, code, err := h.readRegistration(r.ContentLength, r.Body)
 	if err != nil {
-		// The deadline stays: before replying, net/http reads what is left
-		// of a body the handler did not read, and must not wait for it
-		// forever.
-		h.fail(w, code, err.Error())
+		h.refuse(x, code, err.Error())
 		return
 	}
-	_ = rc.SetReadDeadline(time.Time{})
+	x.bodyDeadline(time.Time{})
 
 	// 2. Admission: activation, shutdown, and the cap on waiting requests.
 	// 3. Listen on the live channels; answer at once if there is none.
 	p, status := h.admit(ids)
 	switch {
 	case status != 0:
-		h.fail(w, status, "")
+		h.refuse(x, status, "")
 		return
 	case p.waiter == nil:
 		body, _ := h.answer(p)
-		h.reply(w, body)
+		h.o.Metrics.Reply(http.StatusOK)
+		x.reply(http.StatusOK, body, false)
 		return
 	}
 
-	// 4. Wait for something to say: on a connection of its own if it can
-	// be taken over (takeover.go), here otherwise.
-	if h.takeOver(w, r, p) {
-		return
-	}
+	// 4. Wait for something to say.
 	defer h.waiting.Add(-1)
-	timer := time.NewTimer(time.Until(p.deadline))
-	defer timer.Stop()
-	select {
-	case <-p.waiter.Ready():
-	case <-timer.C:
-	case <-p.abort: // deactivate, set_timeout KILL, or shutdown
-	case <-r.Context().Done(): // the client hung up: nothing to write
-		channels.Resolve(p.waiter.Detach(), false)
+	if !x.wait(p) {
+		channels.Resolve(p.waiter.Detach(), false) // the client hung up: nothing to write
 		return
 	}
-	if closed(p.abort) { // it wins over a message that came at the same moment
+	if closed(p.abort) || h.closing.Load() { // it wins over a message that came at the same moment
 		channels.Resolve(p.waiter.Detach(), false)
-		h.fail(w, http.StatusServiceUnavailable, "")
+		h.o.Metrics.Reply(http.StatusServiceUnavailable)
+		x.reply(http.StatusServiceUnavailable, nil, h.draining())
 		return
 	}
 
 	// 5. Stop listening and answer with everything gathered meanwhile.
 	body, messages := h.answer(p)
-	channels.Resolve(messages, h.reply(w, body))
+	h.o.Metrics.Reply(http.StatusOK)
+	channels.Resolve(messages, x.reply(http.StatusOK, body, false))
+}
+
+// refuse answers with status and a one-line reason (none for 503), then
+// closes the connection: whatever the client does with the rest of its
+// body, the refusal goes out at once and nothing more is read.
+func (h *Handler) refuse(x exchange, status int, reason string) {
+	h.o.Metrics.Reply(status)
+	if status != http.StatusServiceUnavailable {
+		h.o.Logger.Debug("comet request refused", "status", status, "reason", reason)
+	}
+	x.reply(status, []byte(oneLine(reason)), true)
 }
 
 // poll is a registration admitted to wait.
@@ -264,51 +296,13 @@ func errBodyTooLarge(max int64) error {
 	return errors.New("body too large: at most " + strconv.FormatInt(max, 10) + " bytes")
 }
 
-// reply writes a 200 with body and reports whether it was flushed.
-func (h *Handler) reply(w http.ResponseWriter, body []byte) bool {
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Now().Add(h.o.WriteTimeout))
-	setReplyHeaders(w)
-	// With its length known the reply goes out in one write when flushed;
-	// without, net/http would chunk it and write the last chunk separately.
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	h.o.Metrics.Reply(http.StatusOK)
-	if _, err := w.Write(body); err != nil {
-		return false
-	}
-	return rc.Flush() == nil
-}
-
-// fail answers with status and a one-line reason (none for 503).
-func (h *Handler) fail(w http.ResponseWriter, status int, reason string) {
-	setReplyHeaders(w)
-	w.WriteHeader(status)
-	h.o.Metrics.Reply(status)
-	if reason != "" {
-		io.WriteString(w, oneLine(reason))
-	}
-	h.refused(status, reason)
-}
-
-// refused logs a refusal; 503s are routine and not logged.
-func (h *Handler) refused(status int, reason string) {
-	if status != http.StatusServiceUnavailable && status != http.StatusOK {
-		h.o.Logger.Debug("comet request refused", "status", status, "reason", reason)
-	}
-}
-
-func setReplyHeaders(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-}
-
 // allowOrigin sets the CORS headers when the request's Origin is allowed.
-func (h *Handler) allowOrigin(hdr http.Header, r *http.Request) {
+func (h *Handler) allowOrigin(x exchange, r *http.Request) {
 	origin := r.Header.Get("Origin")
 	if origin == "" || len(h.o.CORSOrigins) == 0 {
 		return
 	}
+	hdr := x.header()
 	hdr.Add("Vary", "Origin")
 	if slices.Contains(h.o.CORSOrigins, origin) || slices.Contains(h.o.CORSOrigins, "*") {
 		hdr.Set("Access-Control-Allow-Origin", origin)
@@ -316,20 +310,21 @@ func (h *Handler) allowOrigin(hdr http.Header, r *http.Request) {
 }
 
 // preflight answers a CORS preflight for the custom content type.
-func (h *Handler) preflight(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) preflight(x exchange, r *http.Request) {
+	hdr := x.header()
 	if r.Header.Get("Origin") == "" || r.Header.Get("Access-Control-Request-Method") == "" {
-		w.Header().Set("Allow", "POST, OPTIONS")
-		w.WriteHeader(http.StatusNoContent)
+		hdr.Set("Allow", "POST, OPTIONS")
+		x.reply(http.StatusNoContent, nil, false)
 		return
 	}
-	if w.Header().Get("Access-Control-Allow-Origin") == "" {
-		h.fail(w, http.StatusForbidden, "origin not allowed")
+	if hdr.Get("Access-Control-Allow-Origin") == "" {
+		h.refuse(x, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	w.Header().Set("Access-Control-Allow-Methods", "POST")
-	w.Header().Set("Access-Control-Allow-Headers", "Content-Type")
-	w.Header().Set("Access-Control-Max-Age", "600")
-	w.WriteHeader(http.StatusNoContent)
+	hdr.Set("Access-Control-Allow-Methods", "POST")
+	hdr.Set("Access-Control-Allow-Headers", "Content-Type")
+	hdr.Set("Access-Control-Max-Age", "600")
+	x.reply(http.StatusNoContent, nil, false)
 }
 
 // mediaType returns a Content-Type's media type without parameters, as
@@ -344,4 +339,13 @@ func oneLine(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,7 @@ type env struct {
 
 	mu       sync.Mutex
 	accepted map[string]*net.TCPConn // the server's side of each connection, by client address
+	hijacks  atomic.Int64            // connections net/http reports hijacked
 }
 
 // mode is how a waiting request waits: inside net/http, or on a
@@ -100,6 +102,16 @@ func newEnvWith(t *testing.T, c envConfig) *env {
 		io.WriteString(w, "other "+r.Method)
 	})
 	srv := httptest.NewUnstartedServer(mux)
+	// As in production (server.New): the http.Server and the handler share
+	// the limits, for the connections the handler gives back.
+	srv.Config.MaxHeaderBytes = c.opts.MaxHeaderBytes
+	srv.Config.ReadHeaderTimeout = c.opts.ReadHeaderTimeout
+	srv.Config.IdleTimeout = c.opts.IdleTimeout
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateHijacked {
+			e.hijacks.Add(1)
+		}
+	}
 	e.accepted = map[string]*net.TCPConn{}
 	srv.Listener = acceptHook{srv.Listener, func(conn net.Conn) {
 		e.mu.Lock()

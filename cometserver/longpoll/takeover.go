@@ -1,18 +1,26 @@
 package longpoll
 
-// Taking waiting connections over from net/http.
+// Taking comet connections over from net/http.
 //
 // While a handler runs, net/http keeps two goroutines on its connection
 // (one runs the handler, one reads in the background to notice a hang-up)
 // and a 4 KiB reader and writer: about 20 KiB for a request that does
-// nothing but wait. So once a poll must wait, the handler takes its
-// connection over (Hijack) and parks it: one goroutine blocked in a one-byte
-// read, which notices a hang-up and which an event, an abort or the timeout
-// wakes by moving the read deadline. After the reply the same goroutine reads
-// the client's next request itself when it is another poll on the same path,
-// and gives the connection back to net/http, through the Listener, for
-// anything else. Requests read here get net/http's limits: header size and
-// time, body size and time, idle time.
+// nothing but wait. So the handler takes a kept-alive HTTP/1.1 poll's
+// connection over (Hijack) and serves it from one goroutine of its own,
+// parked in a one-byte read while a poll waits: the read notices a
+// hang-up, and an event, an abort or the timeout wakes it by moving the
+// read deadline.
+//
+// After each reply the same goroutine reads the client's next request. It
+// serves it itself only when it is another poll that net/http would take
+// exactly as it reads it (see serves): HTTP/1.1, a valid Host, valid header
+// names and values, framed by Content-Length alone, no expectation, no
+// upgrade. Anything else, and anything that does not parse, goes back to
+// net/http through the Listener with every byte read so far, and net/http
+// answers it as it would have on its own: a taken-over connection can never
+// frame a request differently (request smuggling), nor accept one that
+// net/http refuses. Requests read here get net/http's limits: header size
+// and time, idle time, and net/http's tolerance of a CRLF after a POST.
 
 import (
 	"bufio"
@@ -22,17 +30,18 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/cometop/comet-operator/cometserver/channels"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Listener wraps the client endpoint's listener so that the handler can
-// take waiting connections over and give them back to the http.Server
-// serving it. Without it the handler waits inside net/http. Call it once,
-// before serving; closing the returned listener stops the takeover.
+// take connections over and give them back to the http.Server serving it.
+// Without it the handler answers inside net/http. Call it once, before
+// serving; closing the returned listener stops the takeover.
 func (h *Handler) Listener(inner net.Listener) net.Listener {
 	l := &listener{
 		Listener: inner,
@@ -54,7 +63,10 @@ func (h *Handler) Listener(inner net.Listener) net.Listener {
 // which the caller does first.
 func (h *Handler) Shutdown(ctx context.Context) {
 	h.mu.Lock()
-	h.closing.Store(true)
+	if !h.closing.Load() {
+		h.closing.Store(true)
+		close(h.stop)
+	}
 	h.mu.Unlock()
 	h.wakeAll()
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -154,6 +166,15 @@ type replayConn struct {
 	replay []byte
 }
 
+// CloseWrite lets net/http half-close the connection as it does a TCP
+// connection of its own, so that a refusal is not lost to a reset.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 func (c *replayConn) Read(b []byte) (int, error) {
 	if len(c.replay) > 0 {
 		n := copy(b, c.replay)
@@ -184,15 +205,17 @@ func (h *Handler) wakeAll() {
 	}
 }
 
-// takeOver hijacks the connection of r, whose poll p must wait, and serves
-// it from a parked goroutine. It reports false, touching nothing, where
-// the takeover is off or cannot be done: the caller then waits as usual.
-func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, p *poll) bool {
+// takeOver hijacks the connection of r, a poll that net/http read, and
+// serves it and the connection's next requests from a goroutine of its
+// own. It reports false, touching nothing, where the takeover is off or
+// r is not for it: the caller then answers inside net/http.
+func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	h.mu.Lock()
 	handback := h.handback
-	// Only kept-alive HTTP/1.1 is taken: anything else is rare and net/http
-	// knows its rules.
-	if handback == nil || h.closing.Load() || !r.ProtoAtLeast(1, 1) || r.Close {
+	// Only kept-alive HTTP/1.1 polls with a body of a known length are
+	// taken: anything else is rare and net/http knows its rules.
+	if handback == nil || h.closing.Load() || r.Method != http.MethodPost || r.ProtoMajor != 1 || r.ProtoMinor != 1 ||
+		r.Close || r.ContentLength < 0 || r.Header.Get("Expect") != "" || r.Header.Get("Upgrade") != "" {
 		h.mu.Unlock()
 		return false
 	}
@@ -217,11 +240,15 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, p *poll) bool
 		conn = rc.Conn // given back earlier, and its replay is read
 	}
 	c := &parked{h: h, conn: conn, path: r.URL.Path, handback: handback}
-	pipelined, _ := brw.Reader.Peek(brw.Reader.Buffered()) // what net/http read past this request
-	c.pending = append([]byte(nil), pipelined...)
-	c.header = cloneNonEmpty(w.Header())
+	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered()) // the body, or more, that net/http read with the head
+	c.pending = append([]byte(nil), buffered...)
+	// After a hijack the request's body is no longer net/http's to read:
+	// it is read from the connection here.
+	r.Body = &bodyReader{r: connReader{c}, left: r.ContentLength}
+	c.bodyBuffered = int64(len(c.pending)) >= r.ContentLength
+	c.hdr = cloneNonEmpty(w.Header())
 	h.track(c)
-	go c.serve(p)
+	go c.serve(r)
 	return true
 }
 
@@ -237,19 +264,24 @@ func (h *Handler) untrack(c *parked) {
 	h.mu.Unlock()
 }
 
-// parked is a connection taken over from net/http.
+// parked is a connection taken over from net/http: an exchange for
+// respond, and the keep-alive loop that reads its next requests.
 type parked struct {
-	h         *Handler
-	conn      net.Conn
-	path      string              // the path its polls must go to, to be served here
-	handback  func(net.Conn) bool // the Listener's giveBack
-	header    http.Header         // extra headers of the current reply (CORS)
-	pending   []byte              // read from conn, not yet parsed
-	rec       []byte              // what the current request's head consumed, to give back
-	one       [1]byte             // for the read that waits
-	recording bool                // a head is being read: keep its bytes in rec
-	mu        sync.Mutex          // guards inRequest and the read deadline
-	inRequest bool                // a request is being read: wakes must not cut it
+	h            *Handler
+	conn         net.Conn
+	path         string              // the path its polls must go to, to be served here
+	handback     func(net.Conn) bool // the Listener's giveBack
+	hdr          http.Header         // extra headers of the current reply (CORS)
+	pending      []byte              // read from conn, not yet parsed
+	br           *bufio.Reader       // the current request's reader, from readerPool
+	rec          []byte              // what the current request's head consumed, to give back
+	one          [1]byte             // for the read that waits
+	recording    bool                // a head is being read: keep its bytes in rec
+	bodyBuffered bool                // the current request's body is already read
+	sentAhead    bool                // the client sent more while a poll waited
+	done         bool                // the connection closes after this reply
+	mu           sync.Mutex          // guards inRequest and the read deadline
+	inRequest    bool                // a request is being read: wakes must not cut it
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -281,17 +313,117 @@ func (c *parked) arm(request bool, deadline time.Time) {
 	c.mu.Unlock()
 }
 
-// serve waits for p and answers it, then goes on with the connection's next
-// requests until it closes or goes back to net/http.
-func (c *parked) serve(p *poll) {
+// serve answers r, then the connection's next requests, until it closes or
+// goes back to net/http. A panic is logged and closes the connection, as
+// net/http does with a handler's.
+func (c *parked) serve(r *http.Request) {
 	defer c.h.untrack(c)
-	for p != nil {
-		if !c.waitAndAnswer(p) {
+	defer func() {
+		if err := recover(); err != nil && err != http.ErrAbortHandler {
+			buf := make([]byte, 64<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			c.h.o.Logger.Error("panic serving a comet connection", "remote", c.conn.RemoteAddr().String(), "panic", err, "stack", string(buf))
+			c.conn.Close()
+		}
+	}()
+	for r != nil {
+		c.h.respond(c, r)
+		c.releaseReader()
+		if c.done {
 			c.close()
 			return
 		}
-		p = c.next()
+		r = c.next()
 	}
+}
+
+func (c *parked) header() http.Header {
+	if c.hdr == nil {
+		c.hdr = make(http.Header, 2)
+	}
+	return c.hdr
+}
+
+func (c *parked) bodyDeadline(t time.Time) {
+	if !c.bodyBuffered && !t.IsZero() { // else nothing is read, or wait arms its own
+		c.arm(inRequest, t)
+	}
+}
+
+// wait blocks in a one-byte read until a wake, the deadline or the
+// client's bytes. Like net/http's background read it keeps at most one
+// byte the client sends ahead and then stops reading: the rest waits in
+// the socket for the next request.
+func (c *parked) wait(p *poll) bool {
+	p.waiter.OnReady(c.wake)
+	for {
+		c.arm(awaiting, p.deadline)
+		if closed(p.abort) || c.h.closing.Load() || ready(p.waiter) || !time.Now().Before(p.deadline) {
+			return true
+		}
+		if c.sentAhead {
+			return c.waitWithoutReading(p)
+		}
+		n, err := c.conn.Read(c.one[:])
+		switch {
+		case n > 0:
+			c.pending = append(c.pending, c.one[0])
+			c.sentAhead = true
+		case !isTimeout(err):
+			return false // the client left
+		}
+	}
+}
+
+// waitWithoutReading waits for p on channels, once reading has stopped.
+func (c *parked) waitWithoutReading(p *poll) bool {
+	timer := time.NewTimer(time.Until(p.deadline))
+	defer timer.Stop()
+	select {
+	case <-p.waiter.Ready():
+	case <-timer.C:
+	case <-p.abort:
+	case <-c.h.stop:
+	}
+	return true
+}
+
+var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// reply sends one whole response in one write, with the headers net/http
+// would give it.
+func (c *parked) reply(status int, body []byte, close bool) bool {
+	c.done = c.done || close
+	bp := replyPool.Get().(*[]byte)
+	b := append((*bp)[:0], "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"...)
+	for k, vs := range c.hdr {
+		for _, v := range vs {
+			b = append(append(append(append(b, k...), ": "...), v...), "\r\n"...)
+		}
+	}
+	b = append(b, "Date: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if close {
+		b = append(b, "\r\nConnection: close"...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, body...)
+	c.conn.SetWriteDeadline(time.Now().Add(c.h.o.WriteTimeout))
+	_, err := c.conn.Write(b)
+	if cap(b) <= 16<<10 { // keep the pool small; big replies are rare
+		*bp = b
+		replyPool.Put(bp)
+	}
+	if err != nil {
+		c.done = true
+	}
+	return err == nil
 }
 
 // close closes the connection the way net/http does after refusing a
@@ -306,125 +438,138 @@ func (c *parked) close() {
 	c.conn.Close()
 }
 
-// waitAndAnswer is step 4 and 5 of ServeHTTP for a parked connection. It
-// reports whether the connection stays open.
-func (c *parked) waitAndAnswer(p *poll) bool {
-	defer c.h.waiting.Add(-1)
-	p.waiter.OnReady(c.wake)
-	for {
-		c.arm(awaiting, p.deadline)
-		switch {
-		case closed(p.abort), c.h.closing.Load(): // an abort wins over a message at the same moment
-			channels.Resolve(p.waiter.Detach(), false)
-			draining := c.h.draining()
-			return c.write(http.StatusServiceUnavailable, nil, draining) == nil && !draining
-		case ready(p.waiter), !time.Now().Before(p.deadline):
-			body, messages := c.h.answer(p)
-			err := c.write(http.StatusOK, body, false)
-			channels.Resolve(messages, err == nil)
-			return err == nil
-		}
-		if !c.readWhileWaiting() {
-			channels.Resolve(p.waiter.Detach(), false) // the client hung up: nothing to write
-			return false
-		}
+// next reads the connection's next request. It returns it when this
+// connection serves it, or nil once the connection is closed or given back
+// to net/http.
+func (c *parked) next() *http.Request {
+	c.hdr, c.sentAhead = nil, false
+	req, ok := c.readHead()
+	if !ok {
+		return nil
 	}
-}
-
-// maxPending bounds what a client may send ahead while it waits.
-const maxPending = 64 << 10
-
-// readWhileWaiting blocks until a wake, a deadline or the client's bytes,
-// keeping those for the next request. It reports false once the client is
-// gone or sent too much.
-func (c *parked) readWhileWaiting() bool {
-	n, err := c.conn.Read(c.one[:])
-	if n > 0 {
-		c.pending = append(c.pending, c.one[0])
-		return len(c.pending) <= maxPending
+	if req == nil || !c.serves(req) {
+		c.giveBack()
+		return nil
 	}
-	return isTimeout(err)
-}
-
-// next reads the connection's next request and answers it, at once or
-// after waiting. It returns the poll to wait for, or nil once the
-// connection is closed or given back.
-func (c *parked) next() *poll {
-	for {
-		req, br, ok := c.readHead()
-		if !ok {
-			return nil
-		}
-		if !c.takes(req) {
-			c.giveBack(br)
-			return nil
-		}
-		c.recording = false
-		bodyBuffered := req.ContentLength >= 0 && int64(br.Buffered()) >= req.ContentLength
-		p, keep := c.serveRequest(req, bodyBuffered)
-		c.release(br)
-		if p != nil {
-			return p
-		}
-		if !keep {
-			c.close()
-			return nil
-		}
-	}
+	c.recording = false
+	c.bodyBuffered = int64(c.br.Buffered()) >= req.ContentLength
+	return req
 }
 
 // readHead waits, within the idle timeout, for the client's next request
 // and reads its head within the header limits, through a pooled reader
-// that goes on to serve the body. On false the connection is closed.
-func (c *parked) readHead() (*http.Request, *bufio.Reader, bool) {
-	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(connReader{c})
+// that goes on to serve the body. It returns nil and true for a head that
+// does not parse: net/http must read it again and answer it. On false the
+// connection is closed.
+func (c *parked) readHead() (*http.Request, bool) {
+	c.br = readerPool.Get().(*bufio.Reader)
+	c.br.Reset(connReader{c})
 	c.rec, c.recording = c.rec[:0], true
 	// Wait for the request in the reader: its first read then takes the
-	// whole head, usually the body too, in one system call.
+	// whole head, usually the body too, in one system call. As net/http,
+	// wait for four bytes: a connection that ends before closes unanswered.
 	idleUntil := time.Now().Add(c.h.o.IdleTimeout)
 	for {
 		c.arm(awaiting, idleUntil)
 		if c.h.closing.Load() || !time.Now().Before(idleUntil) {
-			c.release(br)
+			c.releaseReader()
 			c.conn.Close()
-			return nil, nil, false
+			return nil, false
 		}
-		_, err := br.Peek(1)
+		_, err := c.br.Peek(4)
 		if err == nil {
 			break
 		}
 		if !isTimeout(err) { // the client left
-			c.release(br)
+			c.releaseReader()
 			c.conn.Close()
-			return nil, nil, false
+			return nil, false
 		}
 	}
 	c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		c.release(br)
-		switch {
-		case errors.Is(err, errHeadTooLarge):
-			c.write(http.StatusRequestHeaderFieldsTooLarge, []byte("request header too large"), true)
-		case !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !isTimeout(err):
-			c.write(http.StatusBadRequest, []byte("malformed request"), true)
-		}
-		c.close()
-		return nil, nil, false
+	// net/http's tolerance for old clients, after a POST (as every request
+	// served here is): a CR or LF or two before the next request are
+	// skipped. They are not given back with the request.
+	peek, _ := c.br.Peek(4)
+	skip := 0
+	for skip < len(peek) && (peek[skip] == '\r' || peek[skip] == '\n') {
+		skip++
 	}
-	return req, br, true
+	c.br.Discard(skip)
+	c.rec = c.rec[skip:]
+	req, err := http.ReadRequest(c.br)
+	switch {
+	case err == nil:
+		return req, true
+	case isCommonNetReadError(err): // net/http answers these with nothing either
+		c.releaseReader()
+		c.conn.Close()
+		return nil, false
+	}
+	return nil, true
 }
 
-// release returns br to its pool; what it holds past the request belongs
-// to the next one.
-func (c *parked) release(br *bufio.Reader) {
+// isCommonNetReadError is net/http's own test (server.go) of a read error
+// that closes a connection without an answer.
+func isCommonNetReadError(err error) bool {
+	if err == io.EOF {
+		return true
+	}
+	if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
+		return true
+	}
+	if oe, ok := err.(*net.OpError); ok && oe.Op == "read" {
+		return true
+	}
+	return false
+}
+
+// serves reports whether req is a poll this connection serves itself, as
+// net/http would read it: a kept-alive HTTP/1.1 POST to the same path,
+// which net/http's own checks accept (http.Server's readRequest: the
+// version, one valid Host, valid header names and values), framed by its
+// Content-Length alone, with no expectation and no upgrade. Anything else
+// goes back to net/http, which answers it as it would have on its own.
+func (c *parked) serves(req *http.Request) bool {
+	if req.Method != http.MethodPost || req.URL.Path != c.path || len(req.RequestURI) == 0 || req.RequestURI[0] != '/' ||
+		req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Close || c.h.closing.Load() ||
+		len(req.TransferEncoding) > 0 || req.ContentLength < 0 ||
+		req.Header.Get("Expect") != "" || req.Header.Get("Upgrade") != "" {
+		return false
+	}
+	// http.ReadRequest has refused a second Host and moved the one Host
+	// header, if any, to req.Host: an empty one is a missing or an empty
+	// header, which net/http tells apart (400, or served).
+	if req.Host == "" || !httpguts.ValidHostHeader(req.Host) {
+		return false
+	}
+	for k, vs := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// releaseReader returns the current request's reader to its pool; what it
+// holds past the request belongs to the next one.
+func (c *parked) releaseReader() {
+	br := c.br
+	if br == nil {
+		return
+	}
 	if n := br.Buffered(); n > 0 {
 		rest, _ := br.Peek(n)
 		c.pending = append(append(make([]byte, 0, n+len(c.pending)), rest...), c.pending...)
 	}
 	br.Reset(nil)
 	readerPool.Put(br)
+	c.br = nil
 }
 
 var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
@@ -433,7 +578,7 @@ var errHeadTooLarge = errors.New("request head too large")
 
 // connReader feeds the pooled reader from pending, then from the
 // connection. While a head is read it records every byte, so that the head
-// can be given back to net/http whole, and enforces net/http's size limit.
+// can be given back to net/http whole, and stops at net/http's size limit.
 type connReader struct{ c *parked }
 
 func (r connReader) Read(b []byte) (int, error) {
@@ -459,19 +604,37 @@ func (r connReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// takes reports whether req is a poll this connection serves itself: a
-// kept-alive HTTP/1.1 POST to the same path that expects no 100-continue.
-// Anything else goes back to net/http and its mux.
-func (c *parked) takes(req *http.Request) bool {
-	return req.Method == http.MethodPost && req.URL.Path == c.path && req.ProtoAtLeast(1, 1) &&
-		!req.Close && req.Host != "" && req.Header.Get("Expect") == "" && !c.h.closing.Load()
+// bodyReader reads a body of a known length as net/http's does: an end
+// before it is io.ErrUnexpectedEOF.
+type bodyReader struct {
+	r    io.Reader
+	left int64
 }
 
-// giveBack hands the connection to net/http with every byte read so far,
-// the head of the request in br included, to be read again.
-func (c *parked) giveBack(br *bufio.Reader) {
-	br.Reset(nil)
-	readerPool.Put(br)
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	n, err := b.r.Read(p[:min(int64(len(p)), b.left)])
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	if b.left == 0 && err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (b *bodyReader) Close() error { return nil }
+
+// giveBack hands the connection to net/http with every byte read since
+// the head began (the CR and LF net/http would skip aside), to be read
+// again.
+func (c *parked) giveBack() {
+	c.br.Reset(nil)
+	readerPool.Put(c.br)
+	c.br = nil
 	replay := append(c.rec, c.pending...)
 	c.rec, c.pending, c.recording = nil, nil, false
 	c.arm(inRequest, time.Time{})
@@ -480,100 +643,9 @@ func (c *parked) giveBack(br *bufio.Reader) {
 	}
 }
 
-// serveRequest is ServeHTTP for a request read on a parked connection: it
-// answers at once, or returns the admitted poll to wait for. keep reports
-// whether the connection stays open after an answer.
-func (c *parked) serveRequest(req *http.Request, bodyBuffered bool) (p *poll, keep bool) {
-	c.header = nil
-	if req.Header.Get("Origin") != "" && len(c.h.o.CORSOrigins) > 0 {
-		c.header = make(http.Header, 2)
-		c.h.allowOrigin(c.header, req)
-	}
-	if mediaType(req.Header.Get("Content-Type")) != ContentType {
-		// The body is left unread: close rather than guess where it ends.
-		return nil, c.fail(http.StatusUnsupportedMediaType, "unsupported content type: want "+ContentType, true)
-	}
-
-	// 1. Read and decode the registration.
-	if !bodyBuffered { // else the head's deadline is enough: nothing more is read
-		c.arm(inRequest, time.Now().Add(c.h.o.ReadTimeout))
-	}
-	ids, code, err := c.h.readRegistration(req.ContentLength, req.Body)
-	if err != nil {
-		// A body refused half-read cannot be skipped safely: close after.
-		return nil, c.fail(code, err.Error(), code != http.StatusBadRequest || errors.Is(err, errUnreadable))
-	}
-
-	// 2 and 3. Admission, then listen or answer at once.
-	p, status := c.h.admit(ids)
-	switch {
-	case status != 0:
-		return nil, c.fail(status, "", c.h.draining())
-	case p.waiter == nil:
-		body, _ := c.h.answer(p)
-		return nil, c.write(http.StatusOK, body, false) == nil
-	}
-	return p, true
-}
-
-// fail answers with status and a one-line reason, closing the connection
-// after it if closing; it reports whether the connection stays open.
-func (c *parked) fail(status int, reason string, closing bool) bool {
-	c.h.refused(status, reason)
-	var body []byte
-	if reason != "" {
-		body = []byte(oneLine(reason))
-	}
-	return c.write(status, body, closing) == nil && !closing
-}
-
-var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
-// write sends one whole response in one write, with the headers net/http
-// would give it.
-func (c *parked) write(status int, body []byte, closing bool) error {
-	c.h.o.Metrics.Reply(status)
-	bp := replyPool.Get().(*[]byte)
-	b := append((*bp)[:0], "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(status)...)
-	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"...)
-	for k, vs := range c.header {
-		for _, v := range vs {
-			b = append(append(append(append(b, k...), ": "...), v...), "\r\n"...)
-		}
-	}
-	b = append(b, "Date: "...)
-	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-	b = append(b, "\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(body)), 10)
-	if closing {
-		b = append(b, "\r\nConnection: close"...)
-	}
-	b = append(b, "\r\n\r\n"...)
-	b = append(b, body...)
-	c.conn.SetWriteDeadline(time.Now().Add(c.h.o.WriteTimeout))
-	_, err := c.conn.Write(b)
-	if cap(b) <= 16<<10 { // keep the pool small; big replies are rare
-		*bp = b
-		replyPool.Put(bp)
-	}
-	return err
-}
-
-func ready(w *channels.Waiter) bool {
+func ready(w interface{ Ready() <-chan struct{} }) bool {
 	select {
 	case <-w.Ready():
-		return true
-	default:
-		return false
-	}
-}
-
-func closed(c <-chan struct{}) bool {
-	select {
-	case <-c:
 		return true
 	default:
 		return false
