@@ -50,6 +50,7 @@ type Config struct {
 	MaxMessageBytes   int64    `json:"max_message_bytes"`
 	MaxHeaderBytes    int      `json:"max_header_bytes"`
 	ReadHeaderTimeout Duration `json:"read_header_timeout"`
+	ReadTimeout       Duration `json:"read_timeout"`
 	ChannelIdleExpiry Duration `json:"channel_idle_expiry"`
 	ShutdownGrace     Duration `json:"shutdown_grace"`
 
@@ -138,6 +139,7 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.Int64Var(&c.MaxMessageBytes, "max-message-bytes", c.MaxMessageBytes, "publisher message limit")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "request header limit")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time to read request headers")
+	fs.Var(&c.ReadTimeout, "read-timeout", "time to read a request body")
 	fs.Var(&c.ChannelIdleExpiry, "channel-idle-expiry", "close channels idle this long (0s: never)")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "time to drain on SIGTERM")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the publisher listener, behind its token")
@@ -145,6 +147,15 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 	return fs
+}
+
+// PrintFlags writes every flag of "cometserver serve", with its default
+// and meaning, to w.
+func PrintFlags(w io.Writer) {
+	c := Default()
+	fs := c.flags(new(string))
+	fs.SetOutput(w)
+	fs.PrintDefaults()
 }
 
 // Load builds the configuration from the defaults, the file named by
@@ -210,8 +221,8 @@ func (c Config) Validate() error {
 		bad("listen", "%v", err)
 	}
 	switch {
-	case !strings.HasPrefix(c.Path, "/") || c.Path == "/":
-		bad("path", "must start with '/' and name a path, got %q", c.Path)
+	case !validPath(c.Path):
+		bad("path", "must start with '/' and be segments of letters, digits and -._~!$&'()*+,;=:@ or %%XX, with no empty, '.' or '..' segment, got %q", c.Path)
 	case slices.Contains(reservedPaths, c.Path) || strings.HasPrefix(c.Path, "/demo/"):
 		bad("path", "%q is where the server serves its browser client or demo", c.Path)
 	}
@@ -228,21 +239,32 @@ func (c Config) Validate() error {
 	if c.AdminSocket == "" {
 		bad("admin_socket", "must not be empty")
 	}
-	positive := map[string]int64{
-		"max_body_bytes": c.MaxBodyBytes, "max_ids": int64(c.MaxIDs),
-		"max_message_bytes": c.MaxMessageBytes, "max_header_bytes": int64(c.MaxHeaderBytes),
-		"read_header_timeout": int64(c.ReadHeaderTimeout.Duration), "shutdown_grace": int64(c.ShutdownGrace.Duration),
-	}
-	for _, key := range []string{"max_body_bytes", "max_ids", "max_message_bytes", "max_header_bytes", "read_header_timeout", "shutdown_grace"} {
-		if positive[key] <= 0 {
-			bad(key, "must be greater than 0")
+	for _, l := range []struct {
+		key           string
+		value, lo, hi int64
+	}{
+		{"max_body_bytes", c.MaxBodyBytes, 1, 1 << 20},
+		{"max_ids", int64(c.MaxIDs), 1, 10000},
+		{"max_waiting", int64(c.MaxWaiting), 0, 100_000_000},
+		{"max_message_bytes", c.MaxMessageBytes, 1, 64 << 20},
+		{"max_header_bytes", int64(c.MaxHeaderBytes), 1, 1 << 20},
+	} {
+		if l.value < l.lo || l.value > l.hi {
+			bad(l.key, "must be from %d to %d, got %d", l.lo, l.hi, l.value)
 		}
 	}
-	if c.MaxWaiting < 0 {
-		bad("max_waiting", "must be 0 (no cap) or more, got %d", c.MaxWaiting)
-	}
-	if c.ChannelIdleExpiry.Duration < 0 {
-		bad("channel_idle_expiry", "must be 0s (never) or more, got %s", c.ChannelIdleExpiry)
+	for _, l := range []struct {
+		key           string
+		value, lo, hi time.Duration
+	}{
+		{"read_header_timeout", c.ReadHeaderTimeout.Duration, time.Millisecond, time.Hour},
+		{"read_timeout", c.ReadTimeout.Duration, time.Millisecond, time.Hour},
+		{"shutdown_grace", c.ShutdownGrace.Duration, time.Millisecond, time.Hour},
+		{"channel_idle_expiry", c.ChannelIdleExpiry.Duration, 0, 365 * 24 * time.Hour},
+	} {
+		if l.value < l.lo || l.value > l.hi {
+			bad(l.key, "must be from %s to %s, got %s", l.lo, l.hi, l.value)
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -258,6 +280,36 @@ func (c Config) Validate() error {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// validPath reports whether p is an absolute path of RFC 3986 segments
+// (pchar) that a net/http ServeMux pattern matches as it is: no '{', '}'
+// or space, no empty, '.' or '..' segment (which the mux would redirect),
+// so no trailing '/'.
+func validPath(p string) bool {
+	rest, ok := strings.CutPrefix(p, "/")
+	if !ok {
+		return false
+	}
+	for seg := range strings.SplitSeq(rest, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+		for i := 0; i < len(seg); i++ {
+			switch c := seg[i]; {
+			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', strings.IndexByte("-._~!$&'()*+,;=:@", c) >= 0:
+			case c == '%' && i+2 < len(seg) && isHex(seg[i+1]) && isHex(seg[i+2]):
+				i += 2
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // reservedPaths are served next to the client endpoint.

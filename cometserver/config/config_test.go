@@ -116,10 +116,22 @@ func TestErrorsNameTheField(t *testing.T) {
 		{name: "timeout zero", file: "timeout: 0s", want: "timeout: must be greater than 0"},
 		{name: "activated word", file: "activated: maybe", want: "activated:"},
 		{name: "limit string", file: "max_ids: lots", want: "max_ids:"},
-		{name: "limit zero", file: "max_body_bytes: 0", want: "max_body_bytes: must be greater than 0"},
-		{name: "negative waiting", file: "max_waiting: -1", want: "max_waiting: must be 0"},
+		{name: "limit zero", file: "max_body_bytes: 0", want: "max_body_bytes: must be from 1 to 1048576, got 0"},
+		{name: "limit overflowing", args: []string{"--max-body-bytes", "9223372036854775807"}, want: "max_body_bytes: must be from 1 to 1048576"},
+		{name: "too many ids", file: "max_ids: 10001", want: "max_ids: must be from 1 to 10000"},
+		{name: "message limit", file: "max_message_bytes: 67108865", want: "max_message_bytes: must be from 1 to 67108864"},
+		{name: "header limit", file: "max_header_bytes: 0", want: "max_header_bytes: must be from 1"},
+		{name: "negative waiting", file: "max_waiting: -1", want: "max_waiting: must be from 0 to 100000000, got -1"},
+		{name: "read timeout zero", file: "read_timeout: 0s", want: "read_timeout: must be from 1ms to 1h0m0s, got 0s"},
+		{name: "grace too long", file: "shutdown_grace: 2h", want: "shutdown_grace: must be from 1ms to 1h0m0s"},
+		{name: "header timeout", file: "read_header_timeout: 0s", want: "read_header_timeout: must be from 1ms"},
 		{name: "negative expiry", file: "channel_idle_expiry: -1s", want: "channel_idle_expiry:"},
 		{name: "path", file: "path: comet", want: "path: must start with '/'"},
+		{name: "path pattern", args: []string{"--path", "/a{"}, want: `path: must start with '/' and be segments`},
+		{name: "path with a space", args: []string{"--path", "/a b"}, want: "path:"},
+		{name: "path trailing slash", args: []string{"--path", "/comet/"}, want: "path:"},
+		{name: "path dot segment", args: []string{"--path", "/a/../comet"}, want: "path:"},
+		{name: "path bad escape", args: []string{"--path", "/a%zz"}, want: "path:"},
 		{name: "listen", file: `listen: "8080"`, want: "listen: want host:port"},
 		{name: "port", file: `listen: ":http2"`, want: "listen: bad port"},
 		{name: "origin with path", file: `cors_origins: ["https://a.example/app"]`, want: "cors_origins:"},
@@ -196,6 +208,15 @@ func TestDemoListensOnLoopbackUnlessTold(t *testing.T) {
 	for _, path := range []string{"/comet.js", "/comet.mjs", "/", "/demo/x"} {
 		if _, err := Load([]string{"--path", path}, noEnv); err == nil || !strings.Contains(err.Error(), "path:") {
 			t.Errorf("--path %s: %v", path, err)
+		}
+	}
+}
+
+// Paths the endpoint may take: what a ServeMux pattern matches as it is.
+func TestValidPaths(t *testing.T) {
+	for _, p := range []string{"/comet", "/a/b", "/push-v2/x_y.z~", "/%7Euser", "/a:b@c", "/.well"} {
+		if _, err := Load([]string{"--path", p}, noEnv); err != nil {
+			t.Errorf("--path %s: %v", p, err)
 		}
 	}
 }

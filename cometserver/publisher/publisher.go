@@ -17,6 +17,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -50,6 +52,9 @@ type Options struct {
 	Ready func() bool
 	// Pprof serves Go's profiler at /debug/pprof/, behind the token.
 	Pprof bool
+	// ReadTimeout bounds the reading of a request body (default 10s): a
+	// publisher that stalls gets 400 rather than holding the connection.
+	ReadTimeout time.Duration
 }
 
 // ReadToken reads a bearer token from a file; surrounding whitespace,
@@ -70,6 +75,9 @@ func ReadToken(path string) ([]byte, error) {
 func New(hub channels.Hub, o Options) http.Handler {
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 64 << 10
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 10 * time.Second
 	}
 	a := &api{hub: hub, o: o}
 	if len(o.Token) > 0 {
@@ -154,17 +162,35 @@ func (m methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // createRequest is the optional body of POST /v1/channels.
 type createRequest struct {
-	Name string `json:"name"`
+	Name *string `json:"name"` // absent: a generated identifier
+}
+
+// readBody reads a request body of at most max bytes within the read
+// timeout. A body declared longer is refused before any of it is read.
+func (a *api) readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		return nil, &http.MaxBytesError{Limit: max}
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(a.o.ReadTimeout))
+	defer rc.SetReadDeadline(time.Time{})
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 }
 
 func (a *api) create(w http.ResponseWriter, r *http.Request) {
 	var req createRequest
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+	body, err := a.readBody(w, r, 4096)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, CodeInvalidBody, "cannot read body: "+err.Error())
 		return
 	}
 	if len(bytes.TrimSpace(body)) > 0 {
+		// encoding/json would replace invalid UTF-8 with U+FFFD, and two
+		// different bad names would then name one channel.
+		if !utf8.Valid(body) {
+			writeError(w, http.StatusBadRequest, CodeInvalidBody, "the body is not UTF-8")
+			return
+		}
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
@@ -176,7 +202,15 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	id, err := a.hub.Create(req.Name)
+	name := ""
+	if req.Name != nil {
+		if *req.Name == "" {
+			writeError(w, http.StatusBadRequest, CodeInvalidName, channels.ErrInvalidName.Error())
+			return
+		}
+		name = *req.Name
+	}
+	id, err := a.hub.Create(name)
 	if err != nil {
 		writeHubError(w, err)
 		return
@@ -185,7 +219,7 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) write(w http.ResponseWriter, r *http.Request) {
-	msg, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.o.MaxMessageBytes))
+	msg, err := a.readBody(w, r, a.o.MaxMessageBytes)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):

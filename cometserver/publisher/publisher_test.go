@@ -329,7 +329,7 @@ func (failingHub) Create(string) (string, error) { return "", errors.New("broker
 func TestRequestEdges(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
 	a := newAPI(t, "", nil)
-	for _, body := range []string{"", "  \n", "{}", `{"name":""}`} {
+	for _, body := range []string{"", "  \n", "{}", `{"name":null}`} {
 		var created struct{ ID string }
 		if r := a.call("POST", "/v1/channels", body); r.status != 201 || json.Unmarshal([]byte(r.body), &created) != nil || len(created.ID) != 22 {
 			t.Fatalf("create with body %q: %d %s, want a generated id", body, r.status, r.body)
@@ -340,6 +340,16 @@ func TestRequestEdges(t *testing.T) {
 		t.Fatalf("a create body over 4 KiB: %d %s", r.status, r.body)
 	}
 	expectError(t, a.call("POST", "/v1/channels", `{"name":1}`), 400, CodeInvalidBody)
+	// A name is 1 to 256 bytes of UTF-8: an empty one is refused, not
+	// taken for no name; invalid UTF-8 is refused, not replaced by U+FFFD
+	// (issue 12, finding 4: "caf\xe9" and "caf\xe8" were both created, as
+	// one channel).
+	expectError(t, a.call("POST", "/v1/channels", `{"name":""}`), 400, CodeInvalidName)
+	expectError(t, a.call("POST", "/v1/channels", "{\"name\":\"caf\xe9\"}"), 400, CodeInvalidBody)
+	expectError(t, a.call("POST", "/v1/channels", "{\"name\":\"caf\xe8\"}"), 400, CodeInvalidBody)
+	if _, err := a.reg.Info("caf\uFFFD"); err == nil {
+		t.Fatal("an invalid UTF-8 name became a channel")
+	}
 	expectError(t, a.call("POST", "/v1/channels", `{"name":"`+strings.Repeat("x", 257)+`"}`), 400, CodeInvalidName)
 	r := a.call("PUT", "/v1/channels/x", "")
 	expectError(t, r, 405, CodeMethodNotAllowed)

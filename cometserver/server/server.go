@@ -83,6 +83,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		// The same limits as the http.Server below, for the connections
 		// the handler takes over from it.
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout.Duration,
+		ReadTimeout:       cfg.ReadTimeout.Duration,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		IdleTimeout:       idleTimeout,
 		Logger:            log,
@@ -104,6 +105,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		Metrics:         m,
 		Ready:           s.ready.Load,
 		Pprof:           cfg.Pprof,
+		ReadTimeout:     cfg.ReadTimeout.Duration,
 	}))
 
 	if s.clientLn, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -132,7 +134,7 @@ const idleTimeout = 2 * time.Minute
 
 func (s *Server) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           closeOnRefusal(h),
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout.Duration,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		IdleTimeout:       idleTimeout,
@@ -200,19 +202,53 @@ func (s *Server) shutdown() error {
 	s.state.Drain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace.Duration)
 	defer cancel()
-	var errs []error
+	// Clients that hold a connection past the grace period (a request
+	// never finished, a reply never read) are cut: that is what the grace
+	// period is for, and the stop is still a clean one.
+	var cut []string
 	if err := s.client.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("client endpoint: %w", err))
+		cut = append(cut, "client endpoint")
 		s.client.Close()
 	}
 	s.poll.Shutdown(ctx) // the connections it took over from s.client
 	if err := s.publisher.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("publisher API: %w", err))
+		cut = append(cut, "publisher API")
 		s.publisher.Close()
 	}
+	if len(cut) > 0 {
+		s.log.Warn("shutdown grace period over: open connections cut", "servers", cut, "grace", s.cfg.ShutdownGrace.Duration)
+	}
 	s.closeAll()
-	return errors.Join(errs...)
+	return nil
 }
+
+// closeOnRefusal closes the connection after every refusal (a status of
+// 400 or more), within a second: after the reply net/http reads what is
+// left of a body the handler did not read, and without a bound a client
+// that never sends it would hold the connection forever.
+func closeOnRefusal(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&refusalCloser{ResponseWriter: w}, r)
+	})
+}
+
+type refusalCloser struct{ http.ResponseWriter }
+
+func (w *refusalCloser) WriteHeader(code int) {
+	if code >= 400 {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w.ResponseWriter).SetReadDeadline(time.Now().Add(time.Second))
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap gives http.ResponseController the writer underneath (Hijack,
+// Flush, deadlines).
+func (w *refusalCloser) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush is for handlers that look for http.Flusher rather than use a
+// ResponseController.
+func (w *refusalCloser) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
 
 // closeAll closes the admin endpoints and the hub. The HTTP listeners are
 // closed by their servers, or here if they never served.

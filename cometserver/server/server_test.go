@@ -137,7 +137,14 @@ func TestReadinessAndDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stalled.Close()
-	stalled.Write([]byte("POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ocsigen-comet\r\nContent-Length: 100\r\n\r\nregistration="))
+	// Expect: 100-continue makes net/http say when the handler reads the
+	// body: then the request is in progress before the drain begins.
+	stalled.Write([]byte("POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ocsigen-comet\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n"))
+	stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(stalled), nil); err != nil || resp.StatusCode != 100 {
+		t.Fatalf("no 100 Continue: %v %v", resp, err)
+	}
+	stalled.Write([]byte("registration="))
 
 	r.stop()
 	if rep := bounded.Recv(t, "the waiting poll's answer", 5*time.Second, polled); rep.Status != 503 {
@@ -301,4 +308,65 @@ func TestHTTPLimits(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("closed after %v, with a 300ms header timeout", took)
 	}
+}
+
+// Every refusal is written at once, whatever the client does with the rest
+// of its body, and the connection then closes (issue 12, finding 2: a
+// refused request whose body never came got no answer, ever). A body that
+// stalls is refused after the read timeout.
+func TestRefusalsAreWrittenAndClosed(t *testing.T) {
+	r := start(t, "--publisher-token-file", writeToken(t, "tok"), "--publisher-listen", "127.0.0.1:0", "--read-timeout", "300ms")
+	client, publisher := r.s.ClientAddr(), r.s.PublisherAddr()
+	for _, tt := range []struct {
+		name, addr, head string
+		status           int
+	}{
+		{"415 at the comet endpoint", client, "POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n", 415},
+		{"413 by its declared length", client, "POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ocsigen-comet\r\nContent-Length: 100000\r\n\r\n", 413},
+		{"405 at the comet endpoint", client, "PUT /comet HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 405},
+		{"404 beside it", client, "POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 404},
+		{"405 for comet.js", client, "POST /comet.js HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 405},
+		{"401 at the publisher", publisher, "POST /v1/channels HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 401},
+		{"404 at the publisher", publisher, "POST /v2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: 1000\r\n\r\n", 404},
+		{"405 at the publisher", publisher, "PUT /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: 1000\r\n\r\n", 405},
+		{"413 at the publisher", publisher, "POST /v1/channels/c/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: 100000000\r\n\r\n", 413},
+		{"a stalled create", publisher, "POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: 10\r\n\r\n{", 400},
+		{"a stalled comet body", client, "POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ocsigen-comet\r\nContent-Length: 100\r\n\r\nregistration=", 400},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := net.Dial("tcp", tt.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte(tt.head))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			start := time.Now()
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != tt.status || !resp.Close {
+				t.Fatalf("%d (close %v), want %d and close", resp.StatusCode, resp.Close, tt.status)
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Fatalf("answered after %v", took)
+			}
+			if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the connection stayed open: %v", err)
+			}
+		})
+	}
+}
+
+func writeToken(t *testing.T, token string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

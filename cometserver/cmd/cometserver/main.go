@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,7 +34,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "serve":
-		return serve(args[1:], stderr)
+		return serve(args[1:], stdout, stderr)
 	case "ctl":
 		return ctl.Main(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
@@ -47,8 +49,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func serve(args []string, stderr io.Writer) int {
+func serve(args []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, "usage: cometserver serve [flags]\n\nEvery flag is also a config file key (--max-body-bytes: max_body_bytes)\nand an environment variable (COMET_MAX_BODY_BYTES).\n\n")
+		config.PrintFlags(stdout)
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cometserver: %v\n", err)
 		return 2

@@ -513,3 +513,38 @@ func TestStartupErrors(t *testing.T) {
 		t.Fatal("the running server was disturbed")
 	}
 }
+
+// Clients that hold their connections past the grace period are cut, and
+// the stop is still a clean one: exit 0 within the grace (issue 12,
+// finding 2: five stalled clients made SIGTERM exit 1 after the full grace).
+func TestSIGTERMWithStalledClientsExitsZero(t *testing.T) {
+	bounded.Test(t, testDeadline)
+	s := startServer(t, "shutdown_grace: 1s\nread_timeout: 1h\n")
+	addr := strings.TrimPrefix(strings.TrimSuffix(s.client, "/comet"), "http://")
+	for range 5 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// Expect: 100-continue makes net/http say when the handler reads
+		// the body: then the request is in progress, and its body stalls.
+		c.Write([]byte("POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ocsigen-comet\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 100 {
+			t.Fatalf("no 100 Continue: %v %v", resp, err)
+		}
+		c.Write([]byte("registration="))
+	}
+	start := time.Now()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	if err := s.exit(10 * time.Second); err != nil {
+		t.Fatalf("exit: %v\n%s", err, s.stderr)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("exited after %v, with a 1s grace", took)
+	}
+	if !strings.Contains(s.stderr.String(), "shutdown grace period over: open connections cut") {
+		t.Fatalf("log:\n%s", s.stderr)
+	}
+}
