@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/metrics"
@@ -212,49 +213,106 @@ func trimEOL(b []byte) string {
 // Pipe is the optional command FIFO: it takes the same lines as the socket,
 // without answers, as the Ocsigen command pipe did.
 type Pipe struct {
-	f    *os.File
+	path string
 	exec *Executor
 	done chan struct{}
+
+	mu     sync.Mutex
+	f      *os.File // open for reading, while a writer has the FIFO open
+	closed bool
 }
 
-// OpenPipe opens the FIFO at path, creating it with mode 0600 if absent.
+// OpenPipe creates the FIFO at path with mode 0600 if absent, and checks
+// that it can be read.
 func OpenPipe(path string, exec *Executor) (*Pipe, error) {
 	if err := mkfifo(path); err != nil {
 		return nil, fmt.Errorf("command pipe %s: %w", path, err)
 	}
-	// Read-write, so that the pipe never sees end-of-file when a writer
-	// leaves, and a Close unblocks the reader through the runtime poller.
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // does not wait for a writer
 	if err != nil {
 		return nil, fmt.Errorf("command pipe: %w", err)
 	}
-	return &Pipe{f: f, exec: exec, done: make(chan struct{})}, nil
+	f.Close()
+	return &Pipe{path: path, exec: exec, done: make(chan struct{})}, nil
 }
 
-// Serve runs the lines written to the pipe until Close.
+// Serve runs the lines written to the pipe until Close. It reads one
+// writer's session at a time: it opens the FIFO, which waits for a writer,
+// and reads until every writer has closed it, so that a last line a writer
+// left without its newline is dropped rather than joined to the next
+// writer's first.
 func (p *Pipe) Serve() {
 	defer close(p.done)
-	r := bufio.NewReaderSize(p.f, maxLineBytes)
+	for {
+		f, err := os.OpenFile(p.path, os.O_RDONLY, 0)
+		if err != nil {
+			p.exec.Logger.Error("command pipe: cannot open", "path", p.path, "error", err)
+			return
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			f.Close()
+			return
+		}
+		p.f = f
+		p.mu.Unlock()
+		p.readSession(f)
+		f.Close()
+		p.mu.Lock()
+		p.f = nil
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return
+		}
+	}
+}
+
+// readSession runs the lines read from f until its writers are gone.
+func (p *Pipe) readSession(f *os.File) {
+	r := bufio.NewReaderSize(f, maxLineBytes)
 	for {
 		line, err := r.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
 			p.exec.Logger.Warn("admin command refused", "source", "pipe", "error", "line too long")
 			for errors.Is(err, bufio.ErrBufferFull) { // skip the rest of it
 				_, err = r.ReadSlice('\n')
 			}
-			continue
-		}
-		if err != nil {
+			if err != nil {
+				return
+			}
+		case err != nil:
+			if len(line) > 0 && errors.Is(err, io.EOF) {
+				p.exec.Logger.Warn("admin command refused", "source", "pipe", "error", "a line without its newline when the writer left", "line", truncate(string(line)))
+			}
 			return
+		default:
+			p.exec.Exec(trimEOL(line), "pipe")
 		}
-		p.exec.Exec(trimEOL(line), "pipe")
 	}
 }
 
 // Close stops reading and waits for Serve to return. The FIFO file stays,
 // as an operator may have created it.
 func (p *Pipe) Close() error {
-	err := p.f.Close()
-	<-p.done
-	return err
+	p.mu.Lock()
+	p.closed = true
+	if p.f != nil {
+		p.f.Close() // ends a read under way
+	}
+	p.mu.Unlock()
+	// Serve may be waiting in open for a writer, or about to: be one, for
+	// a moment, until it has seen the close.
+	for {
+		if w, err := os.OpenFile(p.path, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+		select {
+		case <-p.done:
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

@@ -278,3 +278,56 @@ func TestClientUnexpectedAnswers(t *testing.T) {
 		t.Errorf("the client waited %v past its 200ms timeout", took)
 	}
 }
+
+// A line one writer leaves without its newline is dropped when it closes
+// the pipe, not joined to the next writer's first line (issue 12, finding
+// 4).
+func TestPipeDropsAFragmentAtItsWritersEnd(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	path := filepath.Join(t.TempDir(), "cmd.fifo")
+	tg := &target{activated: true, timeout: time.Second}
+	logs := &syncBuffer{}
+	p, err := OpenPipe(path, &Executor{Target: tg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve()
+	defer p.Close()
+	write := func(s string) {
+		w, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.WriteString(s)
+		w.Close()
+	}
+	write("comet:deactivate")
+	// The next writer comes once the first is gone: a writer that opens the
+	// pipe while another has it open shares its session.
+	bounded.Wait(t, "the fragment dropped", 5*time.Second, func() bool {
+		return strings.Contains(logs.String(), "a line without its newline when the writer left")
+	})
+	write("comet:set_timeout 7\n")
+	bounded.Wait(t, "the second writer's line applied", 5*time.Second, func() bool { return tg.Status().TimeoutDuration() == 7*time.Second })
+	if !tg.Status().Activated {
+		t.Fatal("the fragment without a newline was applied")
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
