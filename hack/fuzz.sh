@@ -15,6 +15,7 @@ targets=(
 	cometserver/wire:FuzzPayload
 	cometserver/admin:FuzzParse
 	cometserver/admin:FuzzParseSeconds
+	cometserver/longpoll:FuzzDifferential
 )
 for t in "${targets[@]}"; do
 	pkg=${t%%:*} name=${t##*:}
