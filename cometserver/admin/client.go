@@ -31,7 +31,10 @@ const DefaultTimeout = 10 * time.Second
 // Client talks to an admin socket.
 type Client struct {
 	Path    string
-	Timeout time.Duration // for the whole exchange; 0 means DefaultTimeout
+	Timeout time.Duration // for each exchange; 0 means DefaultTimeout
+	// Deadline, if set, ends every exchange by then too: for a command
+	// made of several exchanges that must fit in a time of its own.
+	Deadline time.Time
 }
 
 // Do sends lines on one connection and returns the answer to each.
@@ -39,6 +42,12 @@ func (c Client) Do(lines ...string) ([]string, error) {
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
+	}
+	if !c.Deadline.IsZero() {
+		timeout = min(timeout, time.Until(c.Deadline))
+		if timeout <= 0 {
+			return nil, fmt.Errorf("%w: out of time", ErrUnreachable)
+		}
 	}
 	conn, err := net.DialTimeout("unix", c.Path, timeout)
 	if err != nil {

@@ -26,7 +26,7 @@ const (
 // DefaultSocket is where the server listens unless told otherwise.
 const DefaultSocket = "/run/comet/admin.sock"
 
-const usage = `usage: cometserver ctl [--socket PATH] [--timeout DURATION] COMMAND
+const usage = `usage: cometserver ctl [--socket PATH] [--timeout DURATION (whole command, default 10s)] COMMAND
 
 commands:
   activate                      resume comet activity
@@ -45,14 +45,17 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cometserver ctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	socket := fs.String("socket", envOr("COMET_ADMIN_SOCKET", DefaultSocket), "admin socket path")
-	timeout := fs.Duration("timeout", admin.DefaultTimeout, "time allowed for each exchange with the server")
+	timeout := fs.Duration("timeout", admin.DefaultTimeout, "time allowed for the whole command")
 	if err := fs.Parse(args); err != nil {
 		return usageError(stderr, err)
 	}
 	if fs.NArg() == 0 {
 		return usageError(stderr, errors.New("no command"))
 	}
-	c := admin.Client{Path: *socket, Timeout: *timeout}
+	if *timeout <= 0 {
+		return usageError(stderr, fmt.Errorf("--timeout must be greater than 0, got %s", *timeout))
+	}
+	c := admin.Client{Path: *socket, Timeout: *timeout, Deadline: time.Now().Add(*timeout)}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "activate", "deactivate":

@@ -1,9 +1,11 @@
 package ctl
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -174,6 +176,7 @@ func TestErrors(t *testing.T) {
 		{nil, ExitUsage, "error: no command"},
 		{[]string{"--bogus"}, ExitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"--timeout", "soon", "status"}, ExitUsage, `invalid value "soon" for flag -timeout`},
+		{[]string{"--timeout", "0s", "status"}, ExitUsage, "--timeout must be greater than 0, got 0s"},
 		{[]string{"reboot"}, ExitUsage, `unknown command "reboot"`},
 		{[]string{"activate", "now"}, ExitUsage, "activate takes no argument"},
 		{[]string{"deactivate", "now"}, ExitUsage, "deactivate takes no argument"},
@@ -275,5 +278,43 @@ func TestApplyFunction(t *testing.T) {
 	}
 	if _, _, err := Apply(admin.Client{Path: filepath.Join(t.TempDir(), "none")}, Desired{Timeout: time.Second}); !errors.Is(err, admin.ErrUnreachable) {
 		t.Fatalf("unreachable: %v", err)
+	}
+}
+
+// --timeout bounds the whole command, not each exchange: apply against a
+// server that answers its status and then nothing gives up in time (the
+// operator relies on it to fit ctl inside its push timeout).
+func TestTimeoutBoundsTheWholeCommand(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	path := filepath.Join(t.TempDir(), "slow.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	status := `{"activated":true,"timeout":20,"timeout_ns":20000000000}` + "\n"
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				if strings.HasPrefix(line, "comet:status") {
+					time.Sleep(700 * time.Millisecond) // slow, within one exchange's time
+					io.WriteString(c, status)
+					return
+				}
+				io.Copy(io.Discard, c) // never answers a command
+			}()
+		}
+	}()
+	start := time.Now()
+	code, _, stderr := run("--socket", path, "--timeout", "1s", "apply", "--activated=false", "--timeout=5s")
+	// With a second per exchange it would take 1.7s: 0.7s, then 1s.
+	if took := time.Since(start); code != ExitUnreachable || took > 1450*time.Millisecond {
+		t.Fatalf("exit %d after %v: %s; want 3 within the 1s (and some slack)", code, took, stderr)
 	}
 }
