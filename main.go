@@ -37,7 +37,7 @@ func main() {
 	var (
 		metricsAddr, probeAddr, image, namespaces string
 		secureMetrics, enableHTTP2, leaderElect   bool
-		pushConcurrency                           int
+		pushConcurrency, reconcileConcurrency     int
 		pushTimeout, resync, retry                time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "Address of the metrics endpoint: :8443 for HTTPS, :8080 for HTTP, 0 to disable.")
@@ -48,6 +48,7 @@ func main() {
 	flag.StringVar(&image, "cometserver-image", "", "Comet server image for CometServers that name none (required).")
 	flag.StringVar(&namespaces, "watch-namespaces", "", "Comma-separated namespaces to watch; empty watches all.")
 	flag.IntVar(&pushConcurrency, "push-concurrency", 4, "Pods pushed at once, per CometServer.")
+	flag.IntVar(&reconcileConcurrency, "reconcile-concurrency", 4, "CometServers reconciled at once: a slow push to one does not hold the others.")
 	flag.DurationVar(&pushTimeout, "push-timeout", 30*time.Second, "Time allowed for one push (an exec into a pod).")
 	flag.DurationVar(&resync, "resync-period", 5*time.Minute, "How often each pod's live state is checked again, to correct changes made by hand.")
 	flag.DurationVar(&retry, "retry-period", 10*time.Second, "How soon a failed push is tried again.")
@@ -62,7 +63,7 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
 
-	if err := checkFlags(image, pushConcurrency, pushTimeout, resync, retry); err != nil {
+	if err := checkFlags(image, pushConcurrency, reconcileConcurrency, pushTimeout, resync, retry); err != nil {
 		log.Error(err, "invalid flags")
 		os.Exit(2)
 	}
@@ -97,15 +98,17 @@ func main() {
 		os.Exit(1)
 	}
 	if err := (&controllers.CometServerReconciler{
-		Client:          mgr.GetClient(),
-		Scheme:          mgr.GetScheme(),
-		Recorder:        mgr.GetEventRecorder("comet-operator"),
-		Commander:       commander,
-		Image:           image,
-		PushConcurrency: pushConcurrency,
-		PushTimeout:     pushTimeout,
-		ResyncPeriod:    resync,
-		RetryPeriod:     retry,
+		Client:               mgr.GetClient(),
+		APIReader:            mgr.GetAPIReader(),
+		Scheme:               mgr.GetScheme(),
+		Recorder:             mgr.GetEventRecorder("comet-operator"),
+		Commander:            commander,
+		Image:                image,
+		PushConcurrency:      pushConcurrency,
+		ReconcileConcurrency: reconcileConcurrency,
+		PushTimeout:          pushTimeout,
+		ResyncPeriod:         resync,
+		RetryPeriod:          retry,
 	}).SetupWithManager(mgr); err != nil {
 		log.Error(err, "unable to set up the controller")
 		os.Exit(1)
@@ -125,14 +128,16 @@ func main() {
 	}
 }
 
-func checkFlags(image string, concurrency int, timeout, resync, retry time.Duration) error {
+func checkFlags(image string, concurrency, reconciles int, timeout, resync, retry time.Duration) error {
 	switch {
 	case strings.TrimSpace(image) == "":
 		return fmt.Errorf("--cometserver-image is required")
 	case concurrency < 1:
 		return fmt.Errorf("--push-concurrency must be at least 1, got %d", concurrency)
-	case timeout <= 0:
-		return fmt.Errorf("--push-timeout must be greater than 0, got %s", timeout)
+	case reconciles < 1:
+		return fmt.Errorf("--reconcile-concurrency must be at least 1, got %d", reconciles)
+	case timeout < time.Second:
+		return fmt.Errorf("--push-timeout must be at least 1s, got %s", timeout)
 	case resync <= 0:
 		return fmt.Errorf("--resync-period must be greater than 0, got %s", resync)
 	case retry <= 0:

@@ -115,15 +115,18 @@ type pod struct {
 }
 
 // startPod creates a pod from the Deployment's template, as a ReplicaSet
-// would, starts its comet server, and marks it ready.
+// of the Deployment would (it makes that ReplicaSet too), starts its comet
+// server, and marks it ready.
 func startPod(t *testing.T, ns, name string) *pod {
 	t.Helper()
 	var dep appsv1.Deployment
 	eventually(t, "deployment", func() error { return get(t, ns, "push", &dep) })
+	rs := replicaSetOf(t, &dep)
 	tmpl := dep.Spec.Template
 	obj := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: tmpl.Labels, Annotations: tmpl.Annotations},
-		Spec:       *tmpl.Spec.DeepCopy(),
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: tmpl.Labels, Annotations: tmpl.Annotations,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(rs, appsv1.SchemeGroupVersion.WithKind("ReplicaSet"))}},
+		Spec: *tmpl.Spec.DeepCopy(),
 	}
 	if err := k8s.Create(ctx, obj); err != nil {
 		t.Fatal(err)
@@ -135,6 +138,26 @@ func startPod(t *testing.T, ns, name string) *pod {
 	t.Cleanup(p.stopServer)
 	observeDeployment(t, ns)
 	return p
+}
+
+// replicaSetOf returns the ReplicaSet of dep's current template, making it
+// as the Deployment controller (which envtest lacks) would.
+func replicaSetOf(t *testing.T, dep *appsv1.Deployment) *appsv1.ReplicaSet {
+	t.Helper()
+	name := dep.Name + "-" + dep.Spec.Template.Annotations[StaticConfigHashAnnotation]
+	var rs appsv1.ReplicaSet
+	if err := get(t, dep.Namespace, name, &rs); err == nil {
+		return &rs
+	}
+	rs = appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: dep.Namespace, Labels: dep.Spec.Template.Labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(dep, appsv1.SchemeGroupVersion.WithKind("Deployment"))}},
+		Spec: appsv1.ReplicaSetSpec{Replicas: dep.Spec.Replicas, Selector: dep.Spec.Selector, Template: dep.Spec.Template},
+	}
+	if err := k8s.Create(ctx, &rs); err != nil {
+		t.Fatal(err)
+	}
+	return &rs
 }
 
 // observeDeployment plays the Deployment controller, which envtest lacks:
@@ -323,11 +346,11 @@ func TestCreateMakesObjects(t *testing.T) {
 	})
 	var cs cometv1.CometServer
 	var dep appsv1.Deployment
-	var svc corev1.Service
+	var svc, pubSvc corev1.Service
 	var cm corev1.ConfigMap
 	var secret corev1.Secret
 	eventually(t, "owned objects", func() error {
-		for name, obj := range map[string]client.Object{"push": &dep, "push-config": &cm, "push-publisher-token": &secret} {
+		for name, obj := range map[string]client.Object{"push": &dep, "push-config": &cm, "push-publisher-token": &secret, "push-publisher": &pubSvc} {
 			if err := get(t, ns, name, obj); err != nil {
 				return err
 			}
@@ -339,7 +362,7 @@ func TestCreateMakesObjects(t *testing.T) {
 		*cs.Spec.Replicas != 1 || cs.Spec.Port != 8080 || cs.Spec.ServiceType != corev1.ServiceTypeClusterIP {
 		t.Fatalf("defaults not applied by the API server: %+v", cs.Spec)
 	}
-	for _, obj := range []client.Object{&dep, &svc, &cm, &secret} {
+	for _, obj := range []client.Object{&dep, &svc, &pubSvc, &cm, &secret} {
 		refs := obj.GetOwnerReferences()
 		if len(refs) != 1 || refs[0].UID != cs.UID || !*refs[0].Controller {
 			t.Errorf("%T %s: owner references %+v", obj, obj.GetName(), refs)
@@ -359,9 +382,15 @@ func TestCreateMakesObjects(t *testing.T) {
 		tmpl.Spec.NodeSelector["disk"] != "ssd" || len(tmpl.Spec.Tolerations) != 1 || tmpl.Spec.Tolerations[0].Value != "comet" {
 		t.Errorf("pod template %+v", tmpl.ObjectMeta)
 	}
-	if len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Port != 8080 || svc.Spec.Ports[1].Port != publisherPort ||
-		svc.Spec.Selector[labelInstance] != "push" {
-		t.Errorf("service %+v", svc.Spec)
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 8080 || svc.Spec.Selector[labelInstance] != "push" {
+		t.Errorf("client service %+v", svc.Spec)
+	}
+	if len(pubSvc.Spec.Ports) != 1 || pubSvc.Spec.Ports[0].Port != publisherPort || pubSvc.Spec.Type != corev1.ServiceTypeClusterIP ||
+		pubSvc.Spec.Selector[labelInstance] != "push" {
+		t.Errorf("publisher service %+v", pubSvc.Spec)
+	}
+	if tmpl := dep.Spec.Template.Spec; tmpl.AutomountServiceAccountToken == nil || *tmpl.AutomountServiceAccountToken {
+		t.Errorf("the comet pods mount a service account token: %v", tmpl.AutomountServiceAccountToken)
 	}
 	if len(secret.Data["token"]) < 40 {
 		t.Errorf("generated token %d bytes", len(secret.Data["token"]))
@@ -425,7 +454,11 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 		want string
 	}{
 		{"zero timeout", cometv1.CometServerSpec{Timeout: &metav1.Duration{}}, "spec.timeout: Invalid value"},
-		{"timeout over 1h", cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 2 * time.Hour}}, "timeout must be greater than 0s and at most 1h"},
+		{"timeout over 1h", cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 2 * time.Hour}}, "timeout must be at least 1s and at most 1h"},
+		// Below a second every browser client would re-poll in a tight loop
+		// (issue 12, finding 9: 1ns was valid).
+		{"timeout under 1s", cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 999 * time.Millisecond}}, "timeout must be at least 1s and at most 1h"},
+		{"timeout of 1ns", cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: time.Nanosecond}}, "timeout must be at least 1s"},
 		{"negative max channels", cometv1.CometServerSpec{MaxVirtualChannels: ptr.To[int32](-1)}, "spec.maxVirtualChannels: Invalid value: -1"},
 		{"two replicas", cometv1.CometServerSpec{Replicas: ptr.To[int32](2)}, "spec.replicas: Invalid value: 2: replicas above 1 need a shared channel broker"},
 		{"negative replicas", cometv1.CometServerSpec{Replicas: ptr.To[int32](-1)}, "spec.replicas: Invalid value: -1"},
@@ -587,10 +620,13 @@ func TestDriftAndRestartsArePushedAgain(t *testing.T) {
 		}
 		return nil
 	})
-	cs = waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
-	if st := podState(cs, "push-a"); st.ContainerID != "containerd://push-a-2" {
-		t.Fatalf("container id %q", st.ContainerID)
-	}
+	eventually(t, "the restarted container recorded", func() error {
+		cs = waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
+		if st := podState(cs, "push-a"); st.ContainerID != "containerd://push-a-2" {
+			return fmt.Errorf("container id %q", st.ContainerID)
+		}
+		return nil
+	})
 	if took := time.Since(restarted); took >= longResync/2 {
 		t.Fatalf("pushed %v after the restart: a resync could have done it", took)
 	}
@@ -706,7 +742,12 @@ func TestFailedPushShowsAndIsRetried(t *testing.T) {
 			defer c.Close()
 		}
 	}()
-	waitCondition(t, ns, cometv1.ConditionDegraded, metav1.ConditionTrue, "push timed out after 3s")
+	// ctl gives up within its share of the push timeout (9/10 of it), and
+	// says why, before the exec is cut (issue 12, finding 8).
+	cs = waitCondition(t, ns, cometv1.ConditionDegraded, metav1.ConditionTrue, "reading answer")
+	if c := condition(cs, cometv1.ConditionDegraded); !strings.Contains(c.Message, "exit code 3") || !strings.Contains(c.Message, "i/o timeout") {
+		t.Fatalf("Degraded %+v, want ctl's own timeout", c)
+	}
 	ln.Close()
 
 	// The server is back (from the config map): the retry converges.

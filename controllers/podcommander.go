@@ -83,9 +83,13 @@ func (e *ExecCommander) Exec(ctx context.Context, pod *corev1.Pod, container str
 	}
 	// At the deadline client-go returns while its goroutines may still copy
 	// the streams: the buffers take their writes under a lock, and what is
-	// returned is a copy.
-	var stdout, stderr lockedBuffer
+	// returned is a copy. They are bounded: what a pod prints is not the
+	// operator's memory to spend.
+	stdout, stderr := lockedBuffer{limit: maxExecOutput}, lockedBuffer{limit: maxExecOutput}
 	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
+	if stdout.overflowed() || stderr.overflowed() { // client-go only logs a failed copy
+		return stdout.Bytes(), stderr.Bytes(), fmt.Errorf("exec in %s/%s: %w", pod.Namespace, pod.Name, errOutputTooLong)
+	}
 	var exit utilexec.ExitError
 	if errors.As(err, &exit) {
 		return stdout.Bytes(), stderr.Bytes(), &ExitError{Code: exit.ExitStatus(), Stderr: string(stderr.Bytes())}
@@ -142,16 +146,36 @@ func (c *boundConn) Close() error {
 	return c.Conn.Close()
 }
 
-// lockedBuffer is a bytes.Buffer safe for a writer and a reader at once.
+// maxExecOutput bounds what the operator reads of a command's stdout and of
+// its stderr: ctl apply prints a line of JSON and a few lines of log.
+const maxExecOutput = 64 << 10
+
+// errOutputTooLong ends an exec whose command printed more than it may.
+var errOutputTooLong = fmt.Errorf("the command printed more than %d bytes", maxExecOutput)
+
+// lockedBuffer is a bytes.Buffer of at most limit bytes, safe for a writer
+// and a reader at once.
 type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	limit int
+	over  bool
 }
 
 func (b *lockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.buf.Len()+len(p) > b.limit {
+		b.over = true
+		return 0, errOutputTooLong
+	}
 	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) overflowed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.over
 }
 
 // Bytes returns a copy of what was written so far.

@@ -356,3 +356,23 @@ func checkDeadline(t *testing.T, deadline time.Duration, mode apiMode, argv, wan
 		t.Errorf("commands run %q; want one run: %t", ran, wantRan)
 	}
 }
+
+// What a command prints is bounded: a pod that prints without end ends its
+// exec with an error, and the operator keeps no more than the bound
+// (issue 12, finding 5: the output was buffered whole for up to 30 s).
+func TestExecCommanderBoundsOutput(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	for _, mode := range []apiMode{translateWebSocket, refuseWebSocket} {
+		s := startExecServer(t, mode)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		got := s.run(t, ctx, 15*time.Second, "head", "-c", "10000000", "/dev/zero")
+		if got.err == nil || len(got.stdout) > maxExecOutput {
+			t.Fatalf("10 MB printed: %d bytes kept, error %v; want at most %d and an error", len(got.stdout), got.err, maxExecOutput)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("the exec took %v", took)
+		}
+	}
+}

@@ -23,8 +23,11 @@ import (
 // applyArgv is the command that brings a pod's server to live: ctl apply
 // sends only what differs, and KILL only when the timeout really changes.
 // It holds no secret, since argv shows in the API server's audit log.
-func applyArgv(live Live, killOnChange bool) []string {
-	argv := []string{ServerBinary, "ctl", "--socket", adminSocket, "apply",
+// ctl's own time is most of the push's, so that it gives up, and says so,
+// before the exec is cut.
+func applyArgv(live Live, killOnChange bool, pushTimeout time.Duration) []string {
+	ctlTimeout := (pushTimeout * 9 / 10).Truncate(time.Millisecond)
+	argv := []string{ServerBinary, "ctl", "--socket", adminSocket, "--timeout", ctlTimeout.String(), "apply",
 		"--activated=" + strconv.FormatBool(live.Activated), "--timeout=" + live.Timeout.String()}
 	if killOnChange {
 		argv = append(argv, "--kill-on-change")
@@ -117,7 +120,7 @@ func (r *CometServerReconciler) pushOne(ctx context.Context, cs *cometv1.CometSe
 	ctx, cancel := context.WithTimeout(ctx, r.PushTimeout)
 	defer cancel()
 	start := time.Now()
-	stdout, stderr, err := r.Commander.Exec(ctx, pod, containerName, applyArgv(live, cs.Spec.KillOnTimeoutChange))
+	stdout, stderr, err := r.Commander.Exec(ctx, pod, containerName, applyArgv(live, cs.Spec.KillOnTimeoutChange, r.PushTimeout))
 	var reply admin.StatusReply
 	if err == nil {
 		if jerr := json.Unmarshal(stdout, &reply); jerr != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,7 +35,7 @@ const pushGeneration = 5
 
 var (
 	pushLive = Live{Activated: true, Timeout: 30 * time.Second}
-	liveArgv = []string{"/cometserver", "ctl", "--socket", "/run/comet/admin.sock", "apply", "--activated=true", "--timeout=30s"}
+	liveArgv = []string{"/cometserver", "ctl", "--socket", "/run/comet/admin.sock", "--timeout", "9s", "apply", "--activated=true", "--timeout=30s"} // ctl gets 9/10 of the 10s push timeout
 )
 
 // statusLine is what ctl apply prints on stdout: the server's status as
@@ -318,6 +319,7 @@ func TestPushWhereBehind(t *testing.T) {
 		pushTimeout:  100 * time.Millisecond,
 		pods:         []corev1.Pod{testPod("a")},
 		answers:      map[string]answer{"a": {hang: true}},
+		wantArgv:     []string{"/cometserver", "ctl", "--socket", "/run/comet/admin.sock", "--timeout", "90ms", "apply", "--activated=true", "--timeout=30s"},
 		wantPushed:   []string{"a"},
 		wantStates:   []cometv1.PodState{{Name: "a", ContainerID: cid("a", 1), LastError: "push timed out after 100ms: context deadline exceeded"}},
 		wantVerified: map[string]verified{"a": verifiedNever},
@@ -548,5 +550,48 @@ func TestTruncate(t *testing.T) {
 		if got := truncate(strings.Repeat("e", n), 512); got != want {
 			t.Errorf("%d bytes: %d bytes back", n, len(got))
 		}
+	}
+}
+
+// ownedPods keeps the pods of the Deployment's own ReplicaSets, whatever
+// the labels of the others say.
+func TestOwnedPods(t *testing.T) {
+	ctrlRef := func(kind string, uid types.UID) []metav1.OwnerReference {
+		return []metav1.OwnerReference{{Kind: kind, Name: "x", UID: uid, Controller: ptr.To(true)}}
+	}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{UID: "dep"}}
+	rs := func(uid types.UID, refs []metav1.OwnerReference) appsv1.ReplicaSet {
+		return appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{UID: uid, OwnerReferences: refs}}
+	}
+	pod := func(name string, refs []metav1.OwnerReference) corev1.Pod {
+		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, OwnerReferences: refs}}
+	}
+	notController := []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "x", UID: "rs-ours"}}
+	replicaSets := []appsv1.ReplicaSet{
+		rs("rs-ours", ctrlRef("Deployment", "dep")),
+		rs("rs-old", ctrlRef("Deployment", "dep")),
+		rs("rs-other", ctrlRef("Deployment", "another")),
+		rs("rs-orphan", nil),
+		rs("rs-kind", ctrlRef("StatefulSet", "dep")),
+	}
+	pods := []corev1.Pod{
+		pod("ours", ctrlRef("ReplicaSet", "rs-ours")),
+		pod("old", ctrlRef("ReplicaSet", "rs-old")),
+		pod("other", ctrlRef("ReplicaSet", "rs-other")),
+		pod("orphan-rs", ctrlRef("ReplicaSet", "rs-orphan")),
+		pod("odd-kind-rs", ctrlRef("ReplicaSet", "rs-kind")),
+		pod("no-owner", nil),
+		pod("not-controller", notController),
+		pod("wrong-kind", ctrlRef("Job", "rs-ours")),
+	}
+	var names []string
+	for _, p := range ownedPods(dep, replicaSets, pods) {
+		names = append(names, p.Name)
+	}
+	if strings.Join(names, ",") != "ours,old" {
+		t.Fatalf("owned %q, want ours,old", names)
+	}
+	if got := ownedPods(&appsv1.Deployment{}, replicaSets, pods); got != nil {
+		t.Fatalf("with no Deployment yet: %d pods", len(got))
 	}
 }

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
 	"github.com/cometop/comet-operator/cometserver/config"
@@ -58,6 +60,10 @@ func objectLabels(cs *cometv1.CometServer) map[string]string {
 }
 
 func configMapName(cs *cometv1.CometServer) string { return cs.Name + "-config" }
+
+// publisherServiceName is the Service of the publisher API, apart from the
+// client endpoint's, so that exposing one never exposes the other.
+func publisherServiceName(cs *cometv1.CometServer) string { return cs.Name + "-publisher" }
 
 func tokenSecretName(cs *cometv1.CometServer) string {
 	if cs.Spec.PublisherTokenSecret != "" {
@@ -143,23 +149,61 @@ func configMap(cs *cometv1.CometServer) (*corev1ac.ConfigMapApplyConfiguration, 
 		WithData(map[string]string{configKey: string(b)}), nil
 }
 
-func service(cs *cometv1.CometServer) *corev1ac.ServiceApplyConfiguration {
+// services are the client endpoint's Service, of the spec's type, and the
+// publisher API's, always ClusterIP.
+func services(cs *cometv1.CometServer) []*corev1ac.ServiceApplyConfiguration {
 	serviceType := cs.Spec.ServiceType
 	if serviceType == "" {
 		serviceType = corev1.ServiceTypeClusterIP
 	}
-	return corev1ac.Service(cs.Name, cs.Namespace).
+	svc := func(name string, typ corev1.ServiceType, port *corev1ac.ServicePortApplyConfiguration) *corev1ac.ServiceApplyConfiguration {
+		return corev1ac.Service(name, cs.Namespace).
+			WithLabels(objectLabels(cs)).
+			WithOwnerReferences(ownerReference(cs)).
+			WithSpec(corev1ac.ServiceSpec().WithType(typ).WithSelector(selectorLabels(cs)).WithPorts(port))
+	}
+	return []*corev1ac.ServiceApplyConfiguration{
+		svc(cs.Name, serviceType, corev1ac.ServicePort().WithName("comet").WithProtocol(corev1.ProtocolTCP).
+			WithPort(port(cs)).WithTargetPort(intstr.FromString("comet"))),
+		svc(publisherServiceName(cs), corev1.ServiceTypeClusterIP, corev1ac.ServicePort().WithName("publisher").WithProtocol(corev1.ProtocolTCP).
+			WithPort(publisherPort).WithTargetPort(intstr.FromString("publisher"))),
+	}
+}
+
+// networkPolicy is the NetworkPolicy that spec.networkPolicy asks for.
+func networkPolicy(cs *cometv1.CometServer) (*networkingv1ac.NetworkPolicyApplyConfiguration, error) {
+	np := cs.Spec.NetworkPolicy
+	rule := func(port int32, from []networkingv1.NetworkPolicyPeer) (*networkingv1ac.NetworkPolicyIngressRuleApplyConfiguration, error) {
+		r := networkingv1ac.NetworkPolicyIngressRule().WithPorts(networkingv1ac.NetworkPolicyPort().
+			WithProtocol(corev1.ProtocolTCP).WithPort(intstr.FromInt32(port)))
+		for _, peer := range from {
+			p := networkingv1ac.NetworkPolicyPeer()
+			if err := convert(peer, p); err != nil {
+				return nil, err
+			}
+			r.WithFrom(p)
+		}
+		return r, nil
+	}
+	client, err := rule(port(cs), np.ClientFrom)
+	if err != nil {
+		return nil, fmt.Errorf("networkPolicy.clientFrom: %w", err)
+	}
+	ingress := []*networkingv1ac.NetworkPolicyIngressRuleApplyConfiguration{client}
+	if len(np.PublisherFrom) > 0 { // a rule with no peers would let everyone in
+		publisher, err := rule(publisherPort, np.PublisherFrom)
+		if err != nil {
+			return nil, fmt.Errorf("networkPolicy.publisherFrom: %w", err)
+		}
+		ingress = append(ingress, publisher)
+	}
+	return networkingv1ac.NetworkPolicy(cs.Name, cs.Namespace).
 		WithLabels(objectLabels(cs)).
 		WithOwnerReferences(ownerReference(cs)).
-		WithSpec(corev1ac.ServiceSpec().
-			WithType(serviceType).
-			WithSelector(selectorLabels(cs)).
-			WithPorts(
-				corev1ac.ServicePort().WithName("comet").WithProtocol(corev1.ProtocolTCP).
-					WithPort(port(cs)).WithTargetPort(intstr.FromString("comet")),
-				corev1ac.ServicePort().WithName("publisher").WithProtocol(corev1.ProtocolTCP).
-					WithPort(publisherPort).WithTargetPort(intstr.FromString("publisher")),
-			))
+		WithSpec(networkingv1ac.NetworkPolicySpec().
+			WithPodSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(cs))).
+			WithPolicyTypes(networkingv1.PolicyTypeIngress).
+			WithIngress(ingress...)), nil
 }
 
 func deployment(cs *cometv1.CometServer, image, hash string) (*appsv1ac.DeploymentApplyConfiguration, error) {
@@ -210,6 +254,8 @@ func deployment(cs *cometv1.CometServer, image, hash string) (*appsv1ac.Deployme
 		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsUser(65532).WithRunAsGroup(65532).WithFSGroup(65532)).
 		WithTerminationGracePeriodSeconds(30).
 		WithEnableServiceLinks(false).
+		// The comet server never calls the Kubernetes API.
+		WithAutomountServiceAccountToken(false).
 		WithVolumes(
 			corev1ac.Volume().WithName("config").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(configMapName(cs))),
 			corev1ac.Volume().WithName("publisher-token").WithSecret(corev1ac.SecretVolumeSource().

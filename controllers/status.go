@@ -16,7 +16,7 @@ import (
 // computeStatus derives the status from what was observed. It is a pure
 // function of its inputs, so a pass that observed nothing new produces the
 // same status, and nothing is written.
-func computeStatus(cs *cometv1.CometServer, dep *appsv1.Deployment, pods []corev1.Pod, states []cometv1.PodState, live Live, hash string) cometv1.CometServerStatus {
+func computeStatus(cs *cometv1.CometServer, dep *appsv1.Deployment, pods []corev1.Pod, states []cometv1.PodState, live Live, hash string, token tokenVerdict) cometv1.CometServerStatus {
 	desired := int32(1)
 	if cs.Spec.Replicas != nil {
 		desired = *cs.Spec.Replicas
@@ -81,6 +81,8 @@ func computeStatus(cs *cometv1.CometServer, dep *appsv1.Deployment, pods []corev
 		set(cometv1.ConditionConfigApplied, false, "Pushing", "pods behind %s: %s", live, strings.Join(behind, ", "))
 	}
 
+	set(cometv1.ConditionPublisherTokenAccepted, token.accepted, token.reason, "%s", token.message)
+
 	switch stuck := rolloutStuck(dep); {
 	case len(failing) > 0:
 		first := ""
@@ -91,6 +93,8 @@ func computeStatus(cs *cometv1.CometServer, dep *appsv1.Deployment, pods []corev
 			}
 		}
 		set(cometv1.ConditionDegraded, true, "PushFailed", "push failed on pods %s: %s", strings.Join(failing, ", "), first)
+	case !token.accepted:
+		set(cometv1.ConditionDegraded, true, "PublisherTokenRefused", "the pods are not updated: %s", token.message)
 	case stuck != "":
 		set(cometv1.ConditionDegraded, true, "RolloutStuck", "%s", stuck)
 	default:

@@ -105,6 +105,11 @@ type want struct {
 	message string
 }
 
+var (
+	generatedToken = tokenVerdict{accepted: true, reason: "Generated", message: "generated in secret push-publisher-token"}
+	refusedToken   = tokenVerdict{reason: "SecretNotOptedIn", message: "secret mine lacks the label comet.cometop.dev/publisher-token=true"}
+)
+
 const (
 	applied1   = "1 ready pods hold activated=true timeout=20s"
 	healthy    = "pushes and rollout healthy"
@@ -120,6 +125,7 @@ func TestComputeStatus(t *testing.T) {
 		dep                     *appsv1.Deployment
 		pods                    []corev1.Pod
 		states                  []cometv1.PodState
+		token                   *tokenVerdict // nil: the generated token
 		wantReplicas, wantReady int32
 		available, progressing  want
 		configApplied, degraded want
@@ -299,11 +305,47 @@ func TestComputeStatus(t *testing.T) {
 		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
 		configApplied: want{F, "PushFailed", liveBehind + "a"},
 		degraded:      want{T, "PushFailed", "push failed on pods a: exit code 2: usage"},
+	}, {
+		name:     "a refused token Secret is degraded",
+		replicas: ptr.To[int32](1), dep: testDeployment(3, 3),
+		pods: []corev1.Pod{testPod("a")}, states: []cometv1.PodState{holding("a")},
+		token:        &refusedToken,
+		wantReplicas: 1, wantReady: 1,
+		available:     want{T, "MinimumReplicasAvailable", "1 of 1 pods ready"},
+		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
+		configApplied: want{T, "Applied", applied1},
+		degraded:      want{T, "PublisherTokenRefused", "the pods are not updated: " + refusedToken.message},
+	}, {
+		name:     "a refused token Secret outranks a stuck rollout",
+		replicas: ptr.To[int32](1),
+		dep: testDeployment(3, 3,
+			appsv1.DeploymentCondition{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Message: "exceeded quota: pods"}),
+		pods: []corev1.Pod{testPod("a")}, states: []cometv1.PodState{holding("a")},
+		token:        &refusedToken,
+		wantReplicas: 1, wantReady: 1,
+		available:     want{T, "MinimumReplicasAvailable", "1 of 1 pods ready"},
+		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
+		configApplied: want{T, "Applied", applied1},
+		degraded:      want{T, "PublisherTokenRefused", "the pods are not updated: " + refusedToken.message},
+	}, {
+		name:     "a failed push outranks a refused token Secret",
+		replicas: ptr.To[int32](1), dep: testDeployment(3, 3),
+		pods: []corev1.Pod{testPod("a")}, states: []cometv1.PodState{failing("a", "exit code 3: gone")},
+		token:        &refusedToken,
+		wantReplicas: 1, wantReady: 1,
+		available:     want{T, "MinimumReplicasAvailable", "1 of 1 pods ready"},
+		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
+		configApplied: want{F, "PushFailed", liveBehind + "a"},
+		degraded:      want{T, "PushFailed", "push failed on pods a: exit code 3: gone"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cs := testCometServer(tt.replicas)
-			s := computeStatus(cs, tt.dep, tt.pods, tt.states, statusLive, currentHash)
+			token, tokenWant := generatedToken, want{T, "Generated", generatedToken.message}
+			if tt.token != nil {
+				token, tokenWant = *tt.token, want{F, tt.token.reason, tt.token.message}
+			}
+			s := computeStatus(cs, tt.dep, tt.pods, tt.states, statusLive, currentHash, token)
 			if s.ObservedGeneration != statusGeneration {
 				t.Errorf("observedGeneration %d, want %d", s.ObservedGeneration, statusGeneration)
 			}
@@ -316,12 +358,13 @@ func TestComputeStatus(t *testing.T) {
 			if !reflect.DeepEqual(s.Pods, tt.states) {
 				t.Errorf("pods %+v, want the states given %+v", s.Pods, tt.states)
 			}
-			if len(s.Conditions) != 4 {
-				t.Errorf("%d conditions, want 4: %+v", len(s.Conditions), s.Conditions)
+			if len(s.Conditions) != 5 {
+				t.Errorf("%d conditions, want 5: %+v", len(s.Conditions), s.Conditions)
 			}
 			for typ, w := range map[string]want{
 				cometv1.ConditionAvailable: tt.available, cometv1.ConditionProgressing: tt.progressing,
 				cometv1.ConditionConfigApplied: tt.configApplied, cometv1.ConditionDegraded: tt.degraded,
+				cometv1.ConditionPublisherTokenAccepted: tokenWant,
 			} {
 				c := meta.FindStatusCondition(s.Conditions, typ)
 				switch {
@@ -358,12 +401,12 @@ func TestComputeStatusKeepsEarlierConditions(t *testing.T) {
 	states := []cometv1.PodState{holding("a")}
 
 	before := time.Now().Add(-time.Second) // metav1.Time has second precision
-	s := computeStatus(cs, dep, pods, states, statusLive, currentHash)
+	s := computeStatus(cs, dep, pods, states, statusLive, currentHash, generatedToken)
 	if !reflect.DeepEqual(cs.Status.Conditions, input) {
 		t.Fatalf("computeStatus changed its input's conditions:\n%+v\nwas\n%+v", cs.Status.Conditions, input)
 	}
-	if len(s.Conditions) != 5 {
-		t.Fatalf("%d conditions, want the 4 of the operator and the earlier one: %+v", len(s.Conditions), s.Conditions)
+	if len(s.Conditions) != 6 {
+		t.Fatalf("%d conditions, want the 5 of the operator and the earlier one: %+v", len(s.Conditions), s.Conditions)
 	}
 	av := meta.FindStatusCondition(s.Conditions, cometv1.ConditionAvailable)
 	if !av.LastTransitionTime.Equal(&t0) || av.ObservedGeneration != statusGeneration || av.Status != metav1.ConditionTrue {
@@ -373,7 +416,7 @@ func TestComputeStatusKeepsEarlierConditions(t *testing.T) {
 	if deg.Status != metav1.ConditionFalse || deg.LastTransitionTime.Equal(&t0) || deg.LastTransitionTime.Time.Before(before) {
 		t.Errorf("Degraded flipped: want a new transition time, got %+v", deg)
 	}
-	for _, typ := range []string{cometv1.ConditionProgressing, cometv1.ConditionConfigApplied} {
+	for _, typ := range []string{cometv1.ConditionProgressing, cometv1.ConditionConfigApplied, cometv1.ConditionPublisherTokenAccepted} {
 		if c := meta.FindStatusCondition(s.Conditions, typ); c == nil || c.LastTransitionTime.Time.Before(before) {
 			t.Errorf("new condition %s: want a transition time of now, got %+v", typ, c)
 		}
@@ -384,7 +427,7 @@ func TestComputeStatusKeepsEarlierConditions(t *testing.T) {
 
 	// The next pass, over the same observations, computes the same status.
 	cs.Status = s
-	again := computeStatus(cs, dep, pods, states, statusLive, currentHash)
+	again := computeStatus(cs, dep, pods, states, statusLive, currentHash, generatedToken)
 	if !equality.Semantic.DeepEqual(again, s) {
 		t.Errorf("a second pass over the same observations changed the status:\n%+v\nto\n%+v", s, again)
 	}

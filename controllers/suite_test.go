@@ -151,15 +151,17 @@ func run(m *testing.M) int {
 // short periods, the given resync period, and localCommander for exec.
 func newReconciler(mgr ctrl.Manager, resync time.Duration) *CometServerReconciler {
 	return &CometServerReconciler{
-		Client:          mgr.GetClient(),
-		Scheme:          testScheme,
-		Recorder:        mgr.GetEventRecorder("comet-operator"),
-		Commander:       commander,
-		Image:           "cometserver:test",
-		PushConcurrency: 2,
-		PushTimeout:     testPush,
-		ResyncPeriod:    resync,
-		RetryPeriod:     testRetry,
+		Client:               mgr.GetClient(),
+		APIReader:            mgr.GetAPIReader(),
+		Scheme:               testScheme,
+		Recorder:             mgr.GetEventRecorder("comet-operator"),
+		Commander:            commander,
+		Image:                "cometserver:test",
+		PushConcurrency:      2,
+		ReconcileConcurrency: 4,
+		PushTimeout:          testPush,
+		ResyncPeriod:         resync,
+		RetryPeriod:          testRetry,
 	}
 }
 

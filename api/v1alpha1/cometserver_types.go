@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -18,11 +19,12 @@ type CometServerSpec struct {
 	Activated *bool `json:"activated,omitempty"`
 
 	// Timeout is how long a client request waits for a message, a duration
-	// such as 20s; more than 0, at most 1h (comet:set_timeout).
+	// such as 20s; at least 1s, at most 1h (comet:set_timeout). Below a
+	// second every client would re-poll in a tight loop.
 	// +kubebuilder:default="20s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('1h')",message="timeout must be greater than 0s and at most 1h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="timeout must be at least 1s and at most 1h"
 	// +optional
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
@@ -62,15 +64,21 @@ type CometServerSpec struct {
 	// +optional
 	Port int32 `json:"port,omitempty"`
 
-	// ServiceType of the Service in front of the pods.
+	// ServiceType of the Service in front of the pods' client endpoint. The
+	// publisher API has a Service of its own, <name>-publisher, always
+	// ClusterIP: a LoadBalancer exposes only the client port.
 	// +kubebuilder:default=ClusterIP
 	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
 	// +optional
 	ServiceType corev1.ServiceType `json:"serviceType,omitempty"`
 
 	// PublisherTokenSecret names a Secret in the same namespace whose key
-	// "token" holds the publisher API's bearer token. Without it the operator
-	// generates one in the Secret <name>-publisher-token.
+	// "token" holds the publisher API's bearer token. The Secret must opt in
+	// with the label comet.cometop.dev/publisher-token: "true": the operator
+	// mounts no other Secret, so that whoever may edit a CometServer cannot
+	// have any Secret of the namespace mounted into a pod of their image.
+	// Without it the operator generates one in the Secret
+	// <name>-publisher-token.
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	// +optional
@@ -96,6 +104,26 @@ type CometServerSpec struct {
 	// PodAnnotations are added to the pods.
 	// +optional
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// NetworkPolicy, when set, restricts who reaches the pods: the client
+	// port those in clientFrom (everyone when empty), the publisher port
+	// (the publisher API, /metrics, /healthz and /readyz) only those in
+	// publisherFrom (nobody when empty; most network plugins still let the
+	// kubelet's probes through).
+	// +optional
+	NetworkPolicy *NetworkPolicySpec `json:"networkPolicy,omitempty"`
+}
+
+// NetworkPolicySpec says who may reach a CometServer's pods.
+type NetworkPolicySpec struct {
+	// ClientFrom may reach the client endpoint; empty means everyone.
+	// +optional
+	// +listType=atomic
+	ClientFrom []networkingv1.NetworkPolicyPeer `json:"clientFrom,omitempty"`
+	// PublisherFrom may reach the publisher API; empty means nobody.
+	// +optional
+	// +listType=atomic
+	PublisherFrom []networkingv1.NetworkPolicyPeer `json:"publisherFrom,omitempty"`
 }
 
 // PodState is what the operator last learned from one pod's comet server.
@@ -150,7 +178,8 @@ type CometServerStatus struct {
 	// +listMapKey=name
 	Pods []PodState `json:"pods,omitempty"`
 
-	// Conditions: Available, Progressing, ConfigApplied, Degraded.
+	// Conditions: Available, Progressing, ConfigApplied, Degraded,
+	// PublisherTokenAccepted.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -165,8 +194,15 @@ const (
 	ConditionProgressing = "Progressing"
 	// ConditionConfigApplied: every ready pod holds the spec's live state.
 	ConditionConfigApplied = "ConfigApplied"
-	// ConditionDegraded: pushes fail or the rollout is stuck.
+	// ConditionDegraded: pushes fail, the rollout is stuck, or the
+	// publisher token Secret is refused.
 	ConditionDegraded = "Degraded"
+	// ConditionPublisherTokenAccepted: the publisher token the pods mount
+	// is the generated one, or a Secret that opted in.
+	ConditionPublisherTokenAccepted = "PublisherTokenAccepted"
+
+	// PublisherTokenLabel opts a Secret in as a publisher token Secret.
+	PublisherTokenLabel = "comet.cometop.dev/publisher-token"
 )
 
 // +kubebuilder:object:root=true
