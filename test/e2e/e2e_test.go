@@ -173,12 +173,13 @@ type endpoints struct{ client, publisher, token string }
 func service(t *testing.T) endpoints {
 	t.Helper()
 	ip := jsonpath(t, "service", "news", "{.spec.clusterIP}")
+	pubIP := jsonpath(t, "service", "news-publisher", "{.spec.clusterIP}")
 	tok := jsonpath(t, "secret", "news-publisher-token", "{.data.token}")
 	raw, err := decodeBase64(tok)
-	if err != nil || ip == "" {
-		t.Fatalf("service %q token %q: %v", ip, tok, err)
+	if err != nil || ip == "" || pubIP == "" {
+		t.Fatalf("services %q %q token %q: %v", ip, pubIP, tok, err)
 	}
-	return endpoints{client: "http://" + ip + ":8080/comet", publisher: "http://" + ip + ":8081", token: raw}
+	return endpoints{client: "http://" + ip + ":8080/comet", publisher: "http://" + pubIP + ":8081", token: raw}
 }
 
 // httpClient opens a connection per request: a kept-alive one would stay
@@ -494,6 +495,74 @@ func TestEndToEnd(t *testing.T) {
 			return nil
 		})
 		figure(t, "hand-made deactivate corrected after %s (resync period 10s)", time.Since(start).Round(time.Millisecond))
+	})
+
+	step("a pod with the labels is not exec'd into", func(t *testing.T) {
+		kubectl(t, "-n", ns, "run", "intruder", "--image=localhost/comet/pause:local", "--image-pull-policy=Never",
+			"--labels=app.kubernetes.io/name=cometserver,app.kubernetes.io/instance=news,app.kubernetes.io/managed-by=comet-operator")
+		eventually(t, "the intruder running", time.Minute, func() error {
+			if phase := jsonpath(t, "pod", "intruder", "{.status.phase}"); phase != "Running" {
+				return fmt.Errorf("phase %q", phase)
+			}
+			return nil
+		})
+		// A live change, then a periodic check (resync period 10s): the
+		// operator pushes to its pod and checks it again, and would do both
+		// to the intruder, where an exec fails and says so.
+		before := adminCommands(t, e)["status"]
+		patch(t, `{"activated":false}`)
+		waitConverged(t, "deactivated")
+		eventually(t, "the push and a periodic check of our pod", time.Minute, func() error {
+			if n := adminCommands(t, e)["status"]; n < before+3 { // the push reads the status twice, a check once
+				return fmt.Errorf("%d status reads since the intruder came", n-before)
+			}
+			return nil
+		})
+		if out := kubectl(t, "-n", ns, "get", "events.events.k8s.io", "-o", "jsonpath={range .items[*]}{.reason} {.note}{\"\\n\"}{end}"); strings.Contains(out, "intruder") {
+			t.Fatalf("an event names the intruder:\n%s", out)
+		}
+		if names := jsonpath(t, "cometserver", "news", "{.status.pods[*].name}"); strings.Contains(names, "intruder") || len(strings.Fields(names)) != 1 {
+			t.Fatalf("status pods %q", names)
+		}
+		if ready := jsonpath(t, "cometserver", "news", "{.status.readyReplicas}"); ready != "1" {
+			t.Fatalf("ready %q: the intruder counted", ready)
+		}
+		kubectl(t, "-n", ns, "delete", "pod", "intruder", "--wait=false")
+		patch(t, `{"activated":true}`)
+		waitConverged(t, "activated again")
+	})
+
+	step("a LoadBalancer exposes only the client port", func(t *testing.T) {
+		patch(t, `{"serviceType":"LoadBalancer"}`)
+		eventually(t, "the client service a LoadBalancer", 30*time.Second, func() error {
+			if typ := jsonpath(t, "service", "news", "{.spec.type}"); typ != "LoadBalancer" {
+				return fmt.Errorf("type %q", typ)
+			}
+			return nil
+		})
+		if ports := jsonpath(t, "service", "news", "{.spec.ports[*].port}"); ports != "8080" {
+			t.Fatalf("the LoadBalancer has ports %q", ports)
+		}
+		if typ, ports := jsonpath(t, "service", "news-publisher", "{.spec.type}"), jsonpath(t, "service", "news-publisher", "{.spec.ports[*].port}"); typ != "ClusterIP" || ports != "8081" {
+			t.Fatalf("the publisher service: %s %q", typ, ports)
+		}
+		patch(t, `{"serviceType":"ClusterIP"}`)
+	})
+
+	step("a token Secret that does not opt in is refused", func(t *testing.T) {
+		kubectl(t, "-n", ns, "create", "secret", "generic", "not-for-comet", "--from-literal=token=db-password")
+		patch(t, `{"publisherTokenSecret":"not-for-comet"}`)
+		eventually(t, "the Secret refused", 30*time.Second, func() error {
+			if reason := jsonpath(t, "cometserver", "news", `{.status.conditions[?(@.type=="PublisherTokenAccepted")].reason}`); reason != "SecretNotOptedIn" {
+				return fmt.Errorf("reason %q", reason)
+			}
+			return nil
+		})
+		if mounted := jsonpath(t, "deployment", "news", "{.spec.template.spec.volumes[*].secret.secretName}"); mounted != "news-publisher-token" {
+			t.Fatalf("the pods mount %q", mounted)
+		}
+		patch(t, `{"publisherTokenSecret":null}`)
+		waitConverged(t, "back to the generated token")
 	})
 
 	step("uninstall leaves no workload", func(t *testing.T) {
