@@ -1,9 +1,12 @@
 package longpoll
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,4 +132,54 @@ func TestStalledBodyGets400(t *testing.T) {
 			}
 		}
 	})
+}
+
+// panicky is a Hub that panics on Subscribe to the channel "boom".
+type panicky struct{ channels.Hub }
+
+func (h panicky) Subscribe(ids []string) (*channels.Waiter, []string) {
+	if len(ids) > 0 && ids[0] == "boom" {
+		panic("a bug in a hub")
+	}
+	return h.Hub.Subscribe(ids)
+}
+
+// A panic while serving a taken-over connection is logged with its stack
+// and closes that connection, as net/http does with a handler's; the
+// server goes on serving the others.
+func TestPanicInATakenOverConnection(t *testing.T) {
+	logs := &syncBuffer{}
+	e := newEnvWith(t, envConfig{mode: takeover, timeout: time.Minute,
+		opts: Options{Logger: slog.New(slog.NewTextHandler(logs, nil))},
+		hub:  func(h channels.Hub) channels.Hub { return panicky{h} }})
+	c := e.dial()
+	e.park(c)
+	c.send(pollRequest("registration=boom"))
+	if !c.closedByServer() {
+		t.Fatal("the connection stayed open after a panic")
+	}
+	waitFor(t, "the panic logged", func() bool {
+		return strings.Contains(logs.String(), "panic serving a comet connection") && strings.Contains(logs.String(), "a bug in a hub")
+	})
+	other := e.dial()
+	e.park(other)
+	waitFor(t, "the panicked connection untracked", func() bool { return e.parkedConns() == 1 })
+}
+
+// syncBuffer is a bytes.Buffer for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
