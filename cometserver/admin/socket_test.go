@@ -331,3 +331,66 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A session whose lines all end with a newline drops nothing and warns of
+// nothing; Close returns even while a writer holds the FIFO open, or
+// while no writer has it; neither leaves a descriptor behind.
+func TestPipeSessions(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	fds := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	before := fds()
+	path := filepath.Join(t.TempDir(), "cmd.fifo")
+	tg := &target{activated: true, timeout: time.Second}
+	logs := &syncBuffer{}
+	open := func() *Pipe {
+		p, err := OpenPipe(path, &Executor{Target: tg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go p.Serve()
+		return p
+	}
+
+	// A writer that leaves after whole lines: its end is no fragment. The
+	// reader sees the end at once; a warning would be logged in
+	// microseconds, so a quiet 300ms says there is none.
+	p := open()
+	w, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteString("comet:set_timeout 3\n")
+	w.Close()
+	bounded.Wait(t, "the line applied", 5*time.Second, func() bool { return tg.Status().TimeoutDuration() == 3*time.Second })
+	if bounded.Until(300*time.Millisecond, func() bool { return strings.Contains(logs.String(), "without its newline") }) {
+		t.Fatalf("a fragment reported for a session of whole lines:\n%s", logs)
+	}
+	p.Close() // no writer: Serve waits in open for one
+	if after := fds(); after != before {
+		t.Fatalf("%d descriptors open before the pipe, %d after it closed", before, after)
+	}
+
+	// Close while a writer holds the FIFO open.
+	p = open()
+	w, err = os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteString("comet:set_timeout 4\n")
+	bounded.Wait(t, "the line applied", 5*time.Second, func() bool { return tg.Status().TimeoutDuration() == 4*time.Second })
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	if err := bounded.Recv(t, "Close with a writer connected", 5*time.Second, closed); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if after := fds(); after != before {
+		t.Fatalf("%d descriptors open before the pipe, %d after it closed", before, after)
+	}
+}

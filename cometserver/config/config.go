@@ -298,7 +298,7 @@ func validPath(p string) bool {
 		for i := 0; i < len(seg); i++ {
 			switch c := seg[i]; {
 			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', strings.IndexByte("-._~!$&'()*+,;=:@", c) >= 0:
-			case c == '%' && i+2 < len(seg) && isHex(seg[i+1]) && isHex(seg[i+2]):
+			case c == '%' && i+2 < len(seg) && isHexByte(seg[i+1:i+3]):
 				i += 2
 			default:
 				return false
@@ -308,8 +308,11 @@ func validPath(p string) bool {
 	return true
 }
 
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+// isHexByte reports whether s is two hex digits (no sign, no prefix: base
+// 16 takes neither).
+func isHexByte(s string) bool {
+	_, err := strconv.ParseUint(s, 16, 8)
+	return err == nil
 }
 
 // reservedPaths are served next to the client endpoint.

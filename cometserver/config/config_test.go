@@ -214,9 +214,31 @@ func TestDemoListensOnLoopbackUnlessTold(t *testing.T) {
 
 // Paths the endpoint may take: what a ServeMux pattern matches as it is.
 func TestValidPaths(t *testing.T) {
-	for _, p := range []string{"/comet", "/a/b", "/push-v2/x_y.z~", "/%7Euser", "/a:b@c", "/.well"} {
+	for _, p := range []string{"/comet", "/a/b", "/push-v2/x_y.z~", "/%7Euser", "/a:b@c", "/.well", "/azAZ09", "/%09%af%AF%fF"} {
 		if _, err := Load([]string{"--path", p}, noEnv); err != nil {
 			t.Errorf("--path %s: %v", p, err)
+		}
+	}
+}
+
+// The ranges of the limits include their ends.
+func TestLimitRanges(t *testing.T) {
+	for _, tt := range []struct {
+		flag, value string
+		ok          bool
+	}{
+		{"--max-body-bytes", "1", true}, {"--max-body-bytes", "1048576", true}, {"--max-body-bytes", "1048577", false},
+		{"--max-ids", "1", true}, {"--max-ids", "10000", true}, {"--max-ids", "0", false},
+		{"--max-waiting", "0", true}, {"--max-waiting", "100000000", true}, {"--max-waiting", "100000001", false},
+		{"--max-message-bytes", "67108864", true}, {"--max-header-bytes", "1048576", true}, {"--max-header-bytes", "1048577", false},
+		{"--read-timeout", "1ms", true}, {"--read-timeout", "999us", false}, {"--read-timeout", "1h", true}, {"--read-timeout", "1h0m1s", false},
+		{"--read-header-timeout", "1ms", true}, {"--shutdown-grace", "1h", true},
+		{"--channel-idle-expiry", "0s", true}, {"--channel-idle-expiry", "8760h", true}, {"--channel-idle-expiry", "8761h", false},
+		{"--channel-idle-expiry", "-1ns", false},
+	} {
+		_, err := Load([]string{tt.flag, tt.value}, noEnv)
+		if (err == nil) != tt.ok {
+			t.Errorf("%s %s: %v, want ok %v", tt.flag, tt.value, err, tt.ok)
 		}
 	}
 }

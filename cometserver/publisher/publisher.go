@@ -173,8 +173,13 @@ func (a *api) readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byt
 	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(a.o.ReadTimeout))
-	defer rc.SetReadDeadline(time.Time{})
-	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	if err == nil {
+		// On an error the deadline stays: net/http reads what is left of
+		// the body before it replies, and must not wait for it forever.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	return body, err
 }
 
 func (a *api) create(w http.ResponseWriter, r *http.Request) {

@@ -1,9 +1,11 @@
 package publisher
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -443,4 +445,45 @@ func TestPprofIsOptInAndBehindTheToken(t *testing.T) {
 		t.Fatalf("pprof with the token: %v %v", resp.StatusCode, err)
 	}
 	resp.Body.Close()
+}
+
+// A body must arrive within the read timeout (10 s by default): a slow
+// one within it is read, a stalled one is refused after it.
+func TestBodyReadTimeout(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	for _, tt := range []struct {
+		timeout   time.Duration
+		pause     time.Duration
+		want      int
+		stallOnly bool
+	}{
+		{0, 300 * time.Millisecond, 201, false},                     // the default: a body in two parts is fine
+		{200 * time.Millisecond, 50 * time.Millisecond, 201, false}, // within the timeout
+		{200 * time.Millisecond, 0, 400, true},                      // never finished: refused after the timeout
+	} {
+		reg := channels.NewRegistry(channels.Options{})
+		srv := httptest.NewServer(New(reg, Options{ReadTimeout: tt.timeout}))
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := `{"name":"slow"}`
+		io.WriteString(c, fmt.Sprintf("POST /v1/channels HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:5]))
+		if !tt.stallOnly {
+			time.Sleep(tt.pause) // a slow client, the behaviour under test
+			io.WriteString(c, body[5:])
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != tt.want {
+			t.Fatalf("timeout %v: %v %v, want %d", tt.timeout, resp, err, tt.want)
+		}
+		if tt.stallOnly && time.Since(start) > 2*time.Second {
+			t.Fatalf("a stalled body refused after %v", time.Since(start))
+		}
+		c.Close()
+		srv.Close()
+		reg.Stop()
+	}
 }
