@@ -97,6 +97,24 @@ func TestFailedReplyCountsAsFailed(t *testing.T) {
 	})
 }
 
+// A reply whose last write (the flush) fails counts as failed, even when
+// writing it into a buffer worked: here every write's deadline has passed
+// when it is made.
+func TestFailedFlushCountsAsFailed(t *testing.T) {
+	forEachMode(t, func(t *testing.T, m mode) {
+		e := newEnv(t, m, time.Hour, Options{WriteTimeout: time.Nanosecond})
+		e.create("a")
+		c := e.dial()
+		c.send(pollRequest("registration=a"))
+		e.waitListeners("a", 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if out, err := e.reg.Write(ctx, "a", []byte("m")); err != nil || out != (channels.Outcome{Failed: 1}) {
+			t.Fatalf("outcome %+v, %v; want the reply failed", out, err)
+		}
+	})
+}
+
 // A body must arrive within the read timeout (10 s by default): a stalled
 // one gets 400 and the connection closes.
 func TestStalledBodyGets400(t *testing.T) {

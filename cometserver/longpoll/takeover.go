@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -246,7 +247,6 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	// it is read from the connection here.
 	r.Body = &bodyReader{r: connReader{c}, left: r.ContentLength}
 	c.bodyBuffered = int64(len(c.pending)) >= r.ContentLength
-	c.hdr = cloneNonEmpty(w.Header())
 	h.track(c)
 	go c.serve(r)
 	return true
@@ -565,7 +565,7 @@ func (c *parked) releaseReader() {
 	}
 	if n := br.Buffered(); n > 0 {
 		rest, _ := br.Peek(n)
-		c.pending = append(append(make([]byte, 0, n+len(c.pending)), rest...), c.pending...)
+		c.pending = slices.Concat(rest, c.pending)
 	}
 	br.Reset(nil)
 	readerPool.Put(br)
@@ -655,10 +655,3 @@ func ready(w interface{ Ready() <-chan struct{} }) bool {
 // isTimeout reports a deadline that passed (errors.As would allocate on
 // this path, taken at every wake).
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
-
-func cloneNonEmpty(h http.Header) http.Header {
-	if len(h) == 0 {
-		return nil
-	}
-	return h.Clone()
-}

@@ -557,8 +557,8 @@ func TestTakenOverConnectionReadsHeadsAsNetHTTP(t *testing.T) {
 	if r, closing := c.read(); r.status != 200 || closing {
 		t.Fatalf("an 8 KB head under the default limit: %d (close %v)", r.status, closing)
 	}
-	if e.parkedConns() != 1 {
-		t.Fatal("the connection left the takeover")
+	if e.parkedConns() != 1 || e.hijacks.Load() != 1 {
+		t.Fatalf("%d parked, %d hijacks: the connection left the takeover", e.parkedConns(), e.hijacks.Load())
 	}
 }
 
