@@ -21,6 +21,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -360,12 +361,17 @@ func checkDeadline(t *testing.T, deadline time.Duration, mode apiMode, argv, wan
 // What a command prints is bounded: a pod that prints without end ends its
 // exec with an error, and the operator keeps no more than the bound
 // (issue 12, finding 5: the output was buffered whole for up to 30 s).
+// Exactly the bound is taken.
 func TestExecCommanderBoundsOutput(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	for _, mode := range []apiMode{translateWebSocket, refuseWebSocket} {
 		s := startExecServer(t, mode)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		if got := s.run(t, ctx, 15*time.Second, "head", "-c", fmt.Sprint(maxExecOutput), "/dev/zero"); got.err != nil || len(got.stdout) != maxExecOutput {
+			t.Fatalf("exactly %d bytes printed: %d kept, error %v", maxExecOutput, len(got.stdout), got.err)
+		}
+		s = startExecServer(t, mode)
 		start := time.Now()
 		got := s.run(t, ctx, 15*time.Second, "head", "-c", "10000000", "/dev/zero")
 		if got.err == nil || len(got.stdout) > maxExecOutput {
