@@ -21,9 +21,9 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
