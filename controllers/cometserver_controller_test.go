@@ -490,7 +490,7 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	p := startPod(t, ns, "push-a")
 	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
-	if _, err := p.srv.Hub().Create("news"); err != nil {
+	if _, err := p.srv.Hub().Create(context.Background(), "news"); err != nil {
 		t.Fatal(err)
 	}
 	var dep appsv1.Deployment

@@ -27,6 +27,9 @@ func TestParse(t *testing.T) {
 		{line: " \tcomet:deactivate \t", want: Command{Verb: Deactivate}},
 		{line: "comet:status", want: Command{Verb: Status}},
 		{line: "comet:set_timeout 20", want: Command{Verb: SetTimeout, Timeout: 20 * time.Second}},
+		{line: "comet:set_history 100 120", want: Command{Verb: SetHistory, HistorySize: 100, HistoryTTL: 2 * time.Minute}},
+		{line: " comet:set_history\t0  0.5 ", want: Command{Verb: SetHistory, HistoryTTL: 500 * time.Millisecond}},
+		{line: "comet:set_history 100000 86400", want: Command{Verb: SetHistory, HistorySize: 100000, HistoryTTL: 24 * time.Hour}},
 		{line: "comet:set_timeout\t2.5\tKILL", want: Command{Verb: SetTimeout, Timeout: 2500 * time.Millisecond, Kill: true}},
 		{line: "comet:set_timeout .5", want: Command{Verb: SetTimeout, Timeout: 500 * time.Millisecond}},
 		{line: "comet:set_timeout 3.", want: Command{Verb: SetTimeout, Timeout: 3 * time.Second}},
@@ -51,6 +54,16 @@ func TestParse(t *testing.T) {
 		{line: "comet:set_timeout 0x10", err: "decimal number"},
 		{line: "comet:set_timeout 20s", err: "decimal number"},
 		{line: "comet:set_timeout 99999999999999", err: "too large"},
+		{line: "comet:set_history", err: "takes <size> <ttl-seconds>, got 0"},
+		{line: "comet:set_history 10", err: "got 1"},
+		{line: "comet:set_history 10 60 x", err: "got 3"},
+		{line: "comet:set_history -1 60", err: "size must be an integer from 0 to 100000"},
+		{line: "comet:set_history 100001 60", err: "size must be"},
+		{line: "comet:set_history 010 60", err: "size must be"},
+		{line: "comet:set_history +5 60", err: "size must be"},
+		{line: "comet:set_history 1.5 60", err: "size must be"},
+		{line: "comet:set_history 5 0", err: "ttl: seconds must be greater than 0"},
+		{line: "comet:set_history 5 2m", err: "ttl: seconds must be a decimal number"},
 		{line: "comet:" + strings.Repeat("v", 58), err: `unknown command "` + strings.Repeat("v", 58) + `"`}, // 58 bytes: not truncated
 		{line: "comet:" + strings.Repeat("v", 64), err: `unknown command "` + strings.Repeat("v", 64) + `"`},
 		{line: "comet:" + strings.Repeat("v", 65), err: `unknown command "` + strings.Repeat("v", 64) + `..."`},
@@ -77,7 +90,8 @@ func TestParse(t *testing.T) {
 // no command.
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"comet:activate", "comet:set_timeout 2.5 KILL", "comet:set_timeout .", "comet:status\t", "comet:", "",
-		"comet:set_timeout 9223372036.854775806", "comet:set_timeout 0.0000000005", "comet:set_timeout 123456789.987654321 KILL"} {
+		"comet:set_timeout 9223372036.854775806", "comet:set_timeout 0.0000000005", "comet:set_timeout 123456789.987654321 KILL",
+		"comet:set_history 100 120", "comet:set_history 0 .5", "comet:set_history 100000 1"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
@@ -90,6 +104,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if cmd.Verb == SetTimeout && cmd.Timeout <= 0 {
 			t.Fatalf("timeout %v accepted from %q", cmd.Timeout, line)
+		}
+		if cmd.Verb == SetHistory && (cmd.HistoryTTL <= 0 || cmd.HistorySize < 0 || cmd.HistorySize > MaxHistorySize) {
+			t.Fatalf("history %d, %v accepted from %q", cmd.HistorySize, cmd.HistoryTTL, line)
 		}
 		if back, err := Parse(cmd.String()); err != nil || back != cmd {
 			t.Fatalf("%q parsed to %+v, which renders as %q and parses to %+v, %v", line, cmd, cmd.String(), back, err)
@@ -146,6 +163,14 @@ type target struct {
 	activated bool
 	timeout   time.Duration
 	kills     int
+	history   [2]int64 // size, ttl
+}
+
+func (t *target) SetHistory(size int, ttl time.Duration) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.history = [2]int64{int64(size), int64(ttl)}
+	return nil
 }
 
 func (t *target) Activate()   { t.mu.Lock(); t.activated = true; t.mu.Unlock() }
@@ -186,7 +211,7 @@ func TestSocket(t *testing.T) {
 		t.Fatalf("socket file: %v %v, want a socket with mode 0600", fi.Mode(), err)
 	}
 	c := Client{Path: path}
-	answers, err := c.Do("comet:deactivate", "comet:bogus", "comet:set_timeout 5 KILL", "comet:set_timeout 0 KILL", "comet:status")
+	answers, err := c.Do("comet:deactivate", "comet:bogus", "comet:set_timeout 5 KILL", "comet:set_timeout 0 KILL", "comet:status", "comet:set_history 9 1.5")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,6 +226,12 @@ func TestSocket(t *testing.T) {
 	}
 	if !strings.HasPrefix(answers[4], `{"activated":false,"timeout":5,`) {
 		t.Errorf("status = %q", answers[4])
+	}
+	tg.mu.Lock()
+	history := tg.history
+	tg.mu.Unlock()
+	if answers[5] != "ok" || history != [2]int64{9, int64(1500 * time.Millisecond)} {
+		t.Errorf("set_history: %q, target got %v", answers[5], history)
 	}
 	tg.mu.Lock()
 	activated, timeout, kills := tg.activated, tg.timeout, tg.kills

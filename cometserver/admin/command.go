@@ -21,7 +21,12 @@ const (
 	Deactivate Verb = "deactivate"
 	SetTimeout Verb = "set_timeout"
 	Status     Verb = "status"
+	// SetHistory is an extension: "set_history <size> <ttl-seconds>".
+	SetHistory Verb = "set_history"
 )
+
+// MaxHistorySize bounds the messages a channel's history may keep.
+const MaxHistorySize = 100_000
 
 // Prefix starts every command line.
 const Prefix = "comet:"
@@ -31,10 +36,16 @@ type Command struct {
 	Verb    Verb
 	Timeout time.Duration // set_timeout only
 	Kill    bool          // set_timeout only
+
+	HistorySize int           // set_history only
+	HistoryTTL  time.Duration // set_history only
 }
 
 // String renders c as the line that Parse reads back.
 func (c Command) String() string {
+	if c.Verb == SetHistory {
+		return Prefix + string(SetHistory) + " " + strconv.Itoa(c.HistorySize) + " " + FormatSeconds(c.HistoryTTL)
+	}
 	if c.Verb != SetTimeout {
 		return Prefix + string(c.Verb)
 	}
@@ -78,9 +89,32 @@ func Parse(line string) (Command, error) {
 			return Command{}, fmt.Errorf("set_timeout: second argument must be KILL, got %q", truncate(args[1]))
 		}
 		return Command{Verb: SetTimeout, Timeout: d, Kill: kill}, nil
+	case SetHistory:
+		if len(args) != 2 {
+			return Command{}, fmt.Errorf("set_history takes <size> <ttl-seconds>, got %d arguments", len(args))
+		}
+		size, err := ParseHistorySize(args[0])
+		if err != nil {
+			return Command{}, fmt.Errorf("set_history: %w", err)
+		}
+		ttl, err := ParseSeconds(args[1])
+		if err != nil {
+			return Command{}, fmt.Errorf("set_history: ttl: %w", err)
+		}
+		return Command{Verb: SetHistory, HistorySize: size, HistoryTTL: ttl}, nil
 	default:
 		return Command{}, fmt.Errorf("unknown command %q", truncate(verb))
 	}
+}
+
+// ParseHistorySize reads a history size: a decimal integer from 0 (no
+// history) to MaxHistorySize.
+func ParseHistorySize(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > MaxHistorySize || s != strconv.Itoa(n) {
+		return 0, fmt.Errorf("size must be an integer from 0 to %d, got %q", MaxHistorySize, truncate(s))
+	}
+	return n, nil
 }
 
 // ParseSeconds reads a decimal number of seconds, finite and greater than

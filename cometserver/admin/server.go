@@ -23,6 +23,7 @@ type Target interface {
 	Activate()
 	Deactivate()
 	SetTimeout(d time.Duration, kill bool) error
+	SetHistory(size int, ttl time.Duration) error
 	Status() StatusReply
 }
 
@@ -50,6 +51,8 @@ func (e *Executor) Exec(line string, source string) string {
 		e.Target.Deactivate()
 	case SetTimeout:
 		err = e.Target.SetTimeout(cmd.Timeout, cmd.Kill)
+	case SetHistory:
+		err = e.Target.SetHistory(cmd.HistorySize, cmd.HistoryTTL)
 	case Status:
 		var b []byte
 		b, err = json.Marshal(e.Target.Status())

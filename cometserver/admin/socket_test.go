@@ -159,7 +159,7 @@ func TestSocketCloseWhileConnecting(t *testing.T) {
 // status not at all.
 func TestExecutorMetricsAndLogs(t *testing.T) {
 	var logs bytes.Buffer
-	m := metrics.New(func() float64 { return 0 }, func() float64 { return 0 })
+	m := metrics.New(metrics.Sources{Channels: func() float64 { return 0 }, Waiting: func() float64 { return 0 }})
 	tg := &target{}
 	e := &Executor{Target: tg, Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Metrics: m}
 	for _, line := range []string{"comet:activate", "comet:set_timeout 5", "comet:set_timeout 5 KILL", "comet:status", "comet:bogus", "comet:set_timeout x"} {

@@ -13,10 +13,14 @@ type StatusReply struct {
 	Channels           int     `json:"channels"`
 	MaxVirtualChannels *int    `json:"max_virtual_channels"`
 	Waiting            int     `json:"waiting"`
-	Draining           bool    `json:"draining"`
-	Version            string  `json:"version,omitempty"`
-	PID                int     `json:"pid"`
-	StartedAt          string  `json:"started_at,omitempty"`
+	// HistorySize and HistoryTTL (seconds) bound each channel's history.
+	HistorySize  int     `json:"history_size"`
+	HistoryTTL   float64 `json:"history_ttl"`
+	HistoryTTLNs int64   `json:"history_ttl_ns"`
+	Draining     bool    `json:"draining"`
+	Version      string  `json:"version,omitempty"`
+	PID          int     `json:"pid"`
+	StartedAt    string  `json:"started_at,omitempty"`
 }
 
 // TimeoutDuration is the timeout as a time.Duration, exactly.

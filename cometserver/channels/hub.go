@@ -1,46 +1,58 @@
-// Package channels holds comet channels and fans messages out to the
-// requests waiting on them (PROTOCOL.md section 3).
+// Package channels fans messages out to the requests waiting in this
+// process (PROTOCOL.md section 3), over an engine (package engine) that
+// holds the channels, their positions and history.
 //
-// Hub is the seam for a later shared broker (Redis, NATS): the long-poll
-// handler and the publisher API only see a Hub, so a broker-backed Hub can
-// let several replicas serve the same channels without sticky sessions.
+// One message's path, top to bottom: Hub.Write publishes it to the engine;
+// the engine gives it a position, keeps it, and hands it to the handler of
+// every process subscribed to the channel (Hub.HandlePublication here);
+// that hands it to each Waiter of the channel; each waiting request's
+// reply carries it and resolves its delivery.
 package channels
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
+	"github.com/cometop/comet-operator/cometserver/wire"
 )
 
-// Errors a Hub returns. Callers match them with errors.Is.
+// Errors a Hub returns, the engine's and its own. Callers match them with
+// errors.Is.
 var (
-	ErrTooManyVirtualChannels = errors.New("too many virtual channels")
-	ErrNameTaken              = errors.New("channel name taken by a live channel")
-	ErrInvalidName            = errors.New("invalid channel name: want 1 to 256 bytes of UTF-8 without ':', CR or LF")
-	ErrNotFound               = errors.New("channel unknown or ended")
+	ErrTooManyVirtualChannels = engine.ErrTooManyVirtualChannels
+	ErrNameTaken              = engine.ErrNameTaken
+	ErrInvalidName            = engine.ErrInvalidName
+	ErrNotFound               = engine.ErrNotFound
 	ErrReservedMessage        = errors.New("the message ENDED_CHANNEL is reserved for the end marker")
 )
 
-// Hub is a set of channels and the requests waiting on them.
-type Hub interface {
-	// Create makes a channel. An empty name asks for a generated,
-	// unguessable identifier; otherwise the name is the identifier.
-	Create(name string) (id string, err error)
-	// Write broadcasts msg to the requests waiting on channel id at this
-	// instant and waits, until ctx ends, for each of their replies to be
-	// flushed or to fail.
-	Write(ctx context.Context, id string, msg []byte) (Outcome, error)
-	// Close ends a channel: its waiting requests get the end marker at once.
-	Close(id string) error
-	// Info describes a live channel.
-	Info(id string) (Info, error)
-	// Subscribe makes a Waiter on the live channels among ids and returns
-	// the others, in the order given, as ended.
-	Subscribe(ids []string) (w *Waiter, ended []string)
-	// Len is the number of live channels.
-	Len() int
+// ValidName reports whether name may name a channel.
+func ValidName(name string) bool { return engine.ValidName(name) }
+
+// Hub is this process's view of the channels: what the long-poll handler
+// and the publisher API use.
+type Hub struct {
+	eng engine.Engine
+
+	mu    sync.RWMutex
+	local map[string]*local // channels this process's requests wait on
 }
 
-// Outcome says what became of one write.
+// New returns a Hub over eng, and registers itself as eng's handler.
+func New(eng engine.Engine) *Hub {
+	h := &Hub{eng: eng, local: make(map[string]*local)}
+	eng.Register(h)
+	return h
+}
+
+// Engine is the engine under the hub.
+func (h *Hub) Engine() engine.Engine { return h.eng }
+
+// Outcome says what became of one write in this process.
 type Outcome struct {
 	Delivered int `json:"delivered"` // replies carrying the message that were flushed
 	Failed    int `json:"failed"`    // replies carrying it that could not be written
@@ -51,6 +63,290 @@ func (o Outcome) NoListener() bool { return o.Delivered == 0 && o.Failed == 0 }
 
 // Info describes a live channel.
 type Info struct {
-	ID        string `json:"id"`
-	Listeners int    `json:"listeners"`
+	ID         string `json:"id"`
+	Listeners  int    `json:"listeners"` // requests waiting on it in this process
+	Position   string `json:"position"`
+	HistoryLen int    `json:"history_length"`
+}
+
+// Create makes a channel. An empty name asks for a generated, unguessable
+// identifier; otherwise the name is the identifier.
+func (h *Hub) Create(ctx context.Context, name string) (string, error) {
+	return h.eng.Create(ctx, name)
+}
+
+// Close ends a channel: its waiting requests get the end marker at once.
+func (h *Hub) Close(ctx context.Context, id string) error { return h.eng.Close(ctx, id) }
+
+// Len is the number of live channels.
+func (h *Hub) Len(ctx context.Context) (int, error) { return h.eng.Len(ctx) }
+
+// Info describes a live channel.
+func (h *Hub) Info(ctx context.Context, id string) (Info, error) {
+	ci, err := h.eng.Info(ctx, id)
+	if err != nil {
+		return Info{}, err
+	}
+	info := Info{ID: id, Position: ci.Position.String(), HistoryLen: ci.HistoryLen}
+	h.mu.RLock()
+	l := h.local[id]
+	h.mu.RUnlock()
+	if l != nil {
+		l.mu.Lock()
+		info.Listeners = len(l.listeners)
+		l.mu.Unlock()
+	}
+	return info, nil
+}
+
+// History returns what channel id kept after since (see engine.History).
+func (h *Hub) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	return h.eng.History(ctx, id, since)
+}
+
+// Write publishes msg on channel id and waits, until ctx ends, for each
+// reply of this process that carries it to be flushed or to fail.
+func (h *Hub) Write(ctx context.Context, id string, msg []byte) (Outcome, engine.Position, error) {
+	if string(msg) == wire.EndedChannel {
+		return Outcome{}, engine.Position{}, ErrReservedMessage
+	}
+	d := newDelivery()
+	pos, err := h.eng.Publish(ctx, id, msg, d)
+	if err != nil {
+		return Outcome{}, engine.Position{}, err
+	}
+	d.release() // the writer's own hold: done closes once every waiter resolved
+	select {
+	case <-d.done:
+		return d.outcome(), pos, nil
+	case <-ctx.Done():
+		return d.outcome(), pos, ctx.Err()
+	}
+}
+
+// Resume asks a subscription to resume from positions: a channel in From
+// gets what its history holds after that position, or a gap; the others
+// start from their position when the subscription takes effect.
+type Resume struct {
+	From map[string]engine.Position
+}
+
+// Subscribe makes a Waiter listening on the live channels among ids (which
+// must be distinct) and returns the others, in the order given, as ended.
+// With r it keeps a position per channel (Waiter.Cursor) and fetches what
+// r asks from the history. On an error nothing stays subscribed.
+func (h *Hub) Subscribe(ctx context.Context, ids []string, r *Resume) (w *Waiter, ended []string, err error) {
+	var from map[string]engine.Position
+	if r != nil {
+		from = r.From
+	}
+	w = newWaiter(ids, r != nil, from)
+	for _, id := range ids {
+		ok, err := h.listen(ctx, id, w)
+		if err != nil {
+			Resolve(w.Detach(), false)
+			return nil, nil, err
+		}
+		if !ok {
+			ended = append(ended, id)
+		}
+	}
+	for _, l := range w.subs {
+		since, ok := from[l.id]
+		if !ok {
+			continue // it starts where it joined
+		}
+		hist, err := h.eng.History(ctx, l.id, &since)
+		switch {
+		case errors.Is(err, engine.ErrNotFound):
+			// Ended since we listened: its end marker is on its way to w.
+		case err != nil:
+			Resolve(w.Detach(), false)
+			return nil, nil, fmt.Errorf("history of %q: %w", l.id, err)
+		default:
+			w.merge(l.id, since, hist)
+		}
+	}
+	return w, ended, nil
+}
+
+// listen adds w to channel id's listeners, subscribing this process to the
+// channel first if w is its first listener here. It reports false if the
+// channel is not live.
+func (h *Hub) listen(ctx context.Context, id string, w *Waiter) (bool, error) {
+	for {
+		l := h.localFor(id)
+		l.subMu.Lock()
+		if l.gone.Load() { // released or ended while we waited: take the new one
+			l.subMu.Unlock()
+			continue
+		}
+		if !l.subscribed {
+			top, err := h.eng.Subscribe(ctx, id)
+			if err != nil {
+				l.gone.Store(true)
+				h.forget(l)
+				l.subMu.Unlock()
+				if errors.Is(err, engine.ErrNotFound) {
+					return false, nil
+				}
+				return false, fmt.Errorf("subscribe to %q: %w", id, err)
+			}
+			l.subscribed, l.epoch = true, top.Epoch
+			l.mu.Lock()
+			if l.top.Epoch != top.Epoch || l.top.Offset < top.Offset { // a publication may have come first
+				l.top = top
+			}
+			if l.endSeen == top.Epoch { // and its end too
+				l.ended = true
+			}
+			l.mu.Unlock()
+		}
+		l.mu.Lock()
+		live := !l.ended
+		if live {
+			l.listeners[w] = struct{}{}
+			w.join(id, l.top) // under l.mu: no publication between the two
+		}
+		l.mu.Unlock()
+		if !live {
+			l.gone.Store(true)
+			h.forget(l)
+		}
+		l.subMu.Unlock()
+		if live {
+			w.subs = append(w.subs, l)
+		}
+		return live, nil
+	}
+}
+
+func (h *Hub) localFor(id string) *local {
+	h.mu.RLock()
+	l := h.local[id]
+	h.mu.RUnlock()
+	if l != nil {
+		return l
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if l = h.local[id]; l == nil {
+		l = &local{hub: h, id: id, listeners: make(map[*Waiter]struct{})}
+		h.local[id] = l
+	}
+	return l
+}
+
+// forget removes l from the map, unless another took its place.
+func (h *Hub) forget(l *local) {
+	h.mu.Lock()
+	if h.local[l.id] == l {
+		delete(h.local, l.id)
+	}
+	h.mu.Unlock()
+}
+
+// release unsubscribes this process from l's channel once its last
+// listener here has left.
+func (h *Hub) release(l *local) {
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	l.mu.Lock()
+	idle := len(l.listeners) == 0
+	l.mu.Unlock()
+	if !idle || l.gone.Load() {
+		return // a listener came back meanwhile, or another release won
+	}
+	l.gone.Store(true)
+	if l.subscribed {
+		// Before forget: a newcomer's l can subscribe only after this. By
+		// epoch: a channel made again meanwhile is not this subscription.
+		// An engine that fails here stays subscribed: the cost is a few
+		// publications for nobody.
+		_ = h.eng.Unsubscribe(context.Background(), l.id, l.epoch)
+	}
+	h.forget(l)
+}
+
+// HandlePublication hands a publication to the channel's waiters here.
+// It implements engine.Handler.
+func (h *Hub) HandlePublication(id string, pub engine.Publication) {
+	h.mu.RLock()
+	l := h.local[id]
+	h.mu.RUnlock()
+	if l == nil {
+		return
+	}
+	d, _ := pub.Tracker.(*delivery)
+	ev := Event{ID: id, Payload: pub.Payload, Pos: pub.Position, d: d}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.top = pub.Position
+	for w := range l.listeners {
+		if d != nil {
+			d.pending.Add(1)
+		}
+		if !w.push(ev) && d != nil {
+			d.pending.Add(-1) // detached meanwhile, or had it: its reply will not carry it
+		}
+	}
+}
+
+// HandleEnd gives the channel's waiters here the end marker. It implements
+// engine.Handler.
+func (h *Hub) HandleEnd(id, epoch string) {
+	h.mu.RLock()
+	l := h.local[id]
+	h.mu.RUnlock()
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	switch l.top.Epoch {
+	case "": // still subscribing: listen ends it once it knows the epoch
+		l.endSeen = epoch
+		l.mu.Unlock()
+		return
+	case epoch:
+	default:
+		l.mu.Unlock()
+		return // the end of an earlier channel of that name
+	}
+	l.ended = true
+	for w := range l.listeners {
+		w.push(Event{ID: id, Ended: true})
+	}
+	clear(l.listeners)
+	l.mu.Unlock()
+	l.gone.Store(true)
+	h.forget(l)
+}
+
+// local is a channel as this process sees it: its waiters, and whether
+// this process is subscribed to it in the engine.
+//
+// Locks: subMu, then the engine's, then mu. The engine calls the handler
+// under its own lock, so nothing holding mu may call the engine.
+type local struct {
+	hub   *Hub
+	id    string
+	subMu sync.Mutex // held across the engine's Subscribe and Unsubscribe
+	// subscribed and epoch (the subscribed channel's) are guarded by subMu.
+	subscribed bool
+	epoch      string
+	gone       atomic.Bool // out of the map: a newcomer must make a new one
+
+	mu        sync.Mutex
+	ended     bool
+	top       engine.Position // of the last publication handed here
+	endSeen   string          // the epoch of an end that came before top was known
+	listeners map[*Waiter]struct{}
+}
+
+// removeListener takes w off l and reports whether l has no listener left.
+func (l *local) removeListener(w *Waiter) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.listeners, w)
+	return len(l.listeners) == 0 && !l.ended
 }

@@ -3,6 +3,8 @@ package channels
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
 )
 
 // Event is one thing a waiting request has to report: a message or the end
@@ -10,8 +12,9 @@ import (
 type Event struct {
 	ID      string
 	Payload []byte
+	Pos     engine.Position // a message's position
 	Ended   bool
-	d       *delivery // nil for end markers
+	d       *delivery // nil for end markers and messages read from history
 }
 
 // Waiter is one request waiting on a set of channels. Events gather in it
@@ -20,57 +23,223 @@ type Waiter struct {
 	mu       sync.Mutex
 	events   []Event
 	detached bool
-	subs     []*channel
-	ready    chan struct{} // gets a token when the first event arrives
-	onReady  func()        // called, outside the lock, when the first event arrives
-	inline   [1]Event      // most replies carry one event: no allocation for it in a broadcast
+	news     bool // something to report: an event or a gap
+	subs     []*local
+	cursors  map[string]*cursor // resuming waiters only
+	replayed int                // events[:replayed] came from histories
+	budget   int                // payload bytes the histories may still add
+	ready    chan struct{}      // gets a token when there is news
+	onReady  func()             // called, outside the lock, when there is news
+	inline   [1]Event           // most replies carry one event: no allocation for it in a broadcast
 }
 
-func newWaiter() *Waiter {
-	w := &Waiter{ready: make(chan struct{}, 1)}
+// MaxReplayBytes bounds the payload bytes that histories add to one
+// reply (at least one message is always added): a request resuming many
+// channels far back gets the rest with its next poll, at once, instead of
+// a reply of gigabytes.
+const MaxReplayBytes = 1 << 20
+
+// cursor is a resuming waiter's position in one channel.
+type cursor struct {
+	pos       engine.Position // the client has everything up to here
+	waiting   bool            // its history is yet to merge: live events gather unfiltered
+	gap       bool            // the history could not cover the client's position
+	truncated bool            // the reply stops at pos: later messages come with the next poll
+	ended     bool
+}
+
+func newWaiter(ids []string, resume bool, from map[string]engine.Position) *Waiter {
+	w := &Waiter{ready: make(chan struct{}, 1), budget: MaxReplayBytes}
 	w.events = w.inline[:0]
+	if resume {
+		w.cursors = make(map[string]*cursor, len(ids))
+		for _, id := range ids {
+			_, resumes := from[id]
+			w.cursors[id] = &cursor{waiting: resumes}
+		}
+	}
 	return w
 }
 
-// Ready is signalled when at least one event is pending.
+// Ready is signalled when there is something to report.
 func (w *Waiter) Ready() <-chan struct{} { return w.ready }
 
 // Subscribed reports whether the waiter listens on any live channel.
 func (w *Waiter) Subscribed() bool { return len(w.subs) > 0 }
 
-// OnReady arranges for f to be called when the first event is pending, or
-// at once if one already is. It is for a waiter that cannot select on
-// Ready, such as a connection parked in a read; f must not block.
+// OnReady arranges for f to be called when there is something to report,
+// or at once if there already is. It is for a waiter that cannot select
+// on Ready, such as a connection parked in a read; f must not block.
 func (w *Waiter) OnReady(f func()) {
 	w.mu.Lock()
-	pending := len(w.events) > 0
-	if !pending {
+	news := w.news
+	if !news {
 		w.onReady = f
 	}
 	w.mu.Unlock()
-	if pending {
+	if news {
 		f()
 	}
 }
 
-// push hands ev to the waiter unless it has detached.
+// signal marks news, once, and returns the function to call outside the
+// lock. w.mu is held.
+func (w *Waiter) signal() func() {
+	if w.news {
+		return nil
+	}
+	w.news = true
+	w.ready <- struct{}{}
+	return w.onReady
+}
+
+// join records where the waiter joined channel id: the position of the
+// channel's last publication handed to this process. Called under the
+// channel's lock, so every later publication reaches push.
+func (w *Waiter) join(id string, top engine.Position) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c := w.cursors[id]; c != nil {
+		c.pos = top
+	}
+}
+
+// push hands ev to the waiter unless it has detached or, resuming, already
+// has the message or stopped that channel's reply short.
 func (w *Waiter) push(ev Event) bool {
 	w.mu.Lock()
 	if w.detached {
 		w.mu.Unlock()
 		return false
 	}
-	w.events = append(w.events, ev)
-	var notify func()
-	if len(w.events) == 1 {
-		w.ready <- struct{}{}
-		notify = w.onReady
+	if c := w.cursors[ev.ID]; c != nil {
+		switch {
+		case ev.Ended:
+			c.ended = true
+		case c.waiting: // the merge sorts these out
+		case c.truncated || c.pos.Covers(ev.Pos):
+			w.mu.Unlock()
+			return false
+		default:
+			c.pos = ev.Pos
+		}
 	}
+	w.events = append(w.events, ev)
+	notify := w.signal()
 	w.mu.Unlock()
 	if notify != nil {
 		notify()
 	}
 	return true
+}
+
+// merge adds what channel id's history holds after since to the reply.
+// The channel's live events so far are sorted against it: those the
+// history also holds are dropped, those older than its first message go
+// before it (the history was trimmed past them), the rest stay after. The
+// history's messages go after those of earlier merges and before any live
+// message, within the waiter's replay budget.
+func (w *Waiter) merge(id string, since engine.Position, hist engine.History) {
+	w.mu.Lock()
+	c := w.cursors[id]
+	if w.detached || c == nil || !c.waiting || c.ended {
+		w.mu.Unlock()
+		return
+	}
+	joined := c.pos // live events of id all come after it
+	pubs := hist.Publications
+	inHistory := func(p engine.Position) bool {
+		return len(pubs) > 0 && p.Epoch == pubs[0].Position.Epoch &&
+			p.Offset >= pubs[0].Position.Offset && p.Offset <= pubs[len(pubs)-1].Position.Offset
+	}
+	var older, rest []Event
+	var dropped []*delivery
+	for _, ev := range w.events[w.replayed:] {
+		switch {
+		case ev.ID != id || ev.Ended:
+			rest = append(rest, ev)
+		case since.Covers(ev.Pos):
+			dropped = append(dropped, ev.d) // the client has it
+		case inHistory(ev.Pos):
+			dropped = append(dropped, ev.d) // the history carries it
+		case len(pubs) > 0 && ev.Pos.Epoch == pubs[0].Position.Epoch && ev.Pos.Offset < pubs[0].Position.Offset:
+			older = append(older, ev)
+		default:
+			rest = append(rest, ev)
+		}
+	}
+	replay := older
+	for _, p := range pubs {
+		replay = append(replay, Event{ID: id, Payload: p.Payload, Pos: p.Position})
+	}
+	// Within the budget; what does not fit comes with the next poll.
+	n := 0
+	for n < len(replay) && (w.budget > 0 || w.replayed+n == 0) {
+		w.budget -= len(replay[n].Payload)
+		n++
+	}
+	// A history read older than the join (an engine whose reads may lag)
+	// leaves a hole before the live events: stop the reply at the history
+	// too, and the next poll reads on from there.
+	stale := joined.Epoch == hist.Top.Epoch && joined.Offset > hist.Top.Offset
+	if n < len(replay) || stale {
+		c.truncated = true
+		for _, ev := range replay[n:] {
+			dropped = append(dropped, ev.d)
+		}
+		replay = replay[:n]
+		kept := rest[:0]
+		for _, ev := range rest {
+			if ev.ID == id && !ev.Ended {
+				dropped = append(dropped, ev.d) // after the cut: the next poll gets it
+			} else {
+				kept = append(kept, ev)
+			}
+		}
+		rest = kept
+	}
+
+	// A gap is said unless what came live reaches back to since (the
+	// history, trimmed or off, did not need to).
+	liveCovers := joined.Epoch == since.Epoch && joined.Offset <= since.Offset && since.Offset <= hist.Top.Offset
+	c.gap = hist.Gap && !liveCovers
+	c.pos, c.waiting = hist.Top, false
+	if c.truncated {
+		c.pos = since
+		if len(replay) > 0 {
+			c.pos = replay[len(replay)-1].Pos
+		} else {
+			c.gap = false // nothing of it in this reply: the next one says it
+		}
+	} else {
+		for _, ev := range rest {
+			if ev.ID == id && !ev.Ended {
+				c.pos = ev.Pos
+			}
+		}
+		if len(replay) > 0 && !c.pos.Covers(replay[len(replay)-1].Pos) {
+			c.pos = replay[len(replay)-1].Pos
+		}
+	}
+
+	events := make([]Event, 0, w.replayed+len(replay)+len(rest))
+	events = append(events, w.events[:w.replayed]...)
+	events = append(events, replay...)
+	w.replayed = len(events)
+	w.events = append(events, rest...)
+	var notify func()
+	if len(w.events) > 0 || c.gap {
+		notify = w.signal()
+	}
+	w.mu.Unlock()
+	for _, d := range dropped {
+		if d != nil {
+			d.release() // this reply will not carry it (the history does, or the next poll)
+		}
+	}
+	if notify != nil {
+		notify()
+	}
 }
 
 // Detach stops the waiter listening and returns every event it gathered.
@@ -81,10 +250,26 @@ func (w *Waiter) Detach() []Event {
 	events, subs := w.events, w.subs
 	w.events, w.subs, w.detached, w.onReady = nil, nil, true, nil
 	w.mu.Unlock()
-	for _, c := range subs {
-		c.removeListener(w)
+	for _, l := range subs {
+		if l.removeListener(w) {
+			l.hub.release(l)
+		}
 	}
 	return events
+}
+
+// Cursor returns, for a resuming waiter after Detach, channel id's
+// position after the reply and whether the history had a gap before it.
+// ok is false for a channel it did not follow to the end: not live, ended,
+// or whose history it could not read.
+func (w *Waiter) Cursor(id string) (pos engine.Position, gap, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := w.cursors[id]
+	if c == nil || c.waiting || c.ended || c.pos.Epoch == "" {
+		return engine.Position{}, false, false
+	}
+	return c.pos, c.gap, true
 }
 
 // Resolve records the fate of the reply that carried events: flushed

@@ -52,6 +52,8 @@ type Config struct {
 	ReadHeaderTimeout Duration `json:"read_header_timeout"`
 	ReadTimeout       Duration `json:"read_timeout"`
 	ChannelIdleExpiry Duration `json:"channel_idle_expiry"`
+	HistorySize       int      `json:"history_size"`
+	HistoryTTL        Duration `json:"history_ttl"`
 	ShutdownGrace     Duration `json:"shutdown_grace"`
 
 	Demo  bool `json:"demo"`
@@ -141,6 +143,8 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time to read request headers")
 	fs.Var(&c.ReadTimeout, "read-timeout", "time to read a request body")
 	fs.Var(&c.ChannelIdleExpiry, "channel-idle-expiry", "close channels idle this long (0s: never)")
+	fs.IntVar(&c.HistorySize, "history-size", c.HistorySize, "messages each channel keeps for resuming clients (0: none)")
+	fs.Var(&c.HistoryTTL, "history-ttl", "how long a kept message stays (0s: none kept)")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "time to drain on SIGTERM")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the publisher listener, behind its token")
 	fs.BoolVar(&c.Demo, "demo", c.Demo, "serve the demo page at / (binds to loopback unless --listen is set)")
@@ -248,6 +252,7 @@ func (c Config) Validate() error {
 		{"max_waiting", int64(c.MaxWaiting), 0, 100_000_000},
 		{"max_message_bytes", c.MaxMessageBytes, 1, 64 << 20},
 		{"max_header_bytes", int64(c.MaxHeaderBytes), 1, 1 << 20},
+		{"history_size", int64(c.HistorySize), 0, 100_000},
 	} {
 		if l.value < l.lo || l.value > l.hi {
 			bad(l.key, "must be from %d to %d, got %d", l.lo, l.hi, l.value)
@@ -261,6 +266,7 @@ func (c Config) Validate() error {
 		{"read_timeout", c.ReadTimeout.Duration, time.Millisecond, time.Hour},
 		{"shutdown_grace", c.ShutdownGrace.Duration, time.Millisecond, time.Hour},
 		{"channel_idle_expiry", c.ChannelIdleExpiry.Duration, 0, 365 * 24 * time.Hour},
+		{"history_ttl", c.HistoryTTL.Duration, 0, 24 * time.Hour},
 	} {
 		if l.value < l.lo || l.value > l.hi {
 			bad(l.key, "must be from %s to %s, got %s", l.lo, l.hi, l.value)

@@ -31,7 +31,7 @@ func TestDefaults(t *testing.T) {
 	if c.MaxVirtualChannels.Present || c.Timeout.Duration != 20*time.Second || !c.Activated ||
 		c.Listen != ":8080" || c.Path != "/comet" || c.PublisherListen != "127.0.0.1:8081" ||
 		c.AdminSocket != "/run/comet/admin.sock" || c.MaxBodyBytes != 8192 || c.MaxIDs != 128 ||
-		c.MaxMessageBytes != 65536 || len(c.CORSOrigins) != 0 {
+		c.MaxMessageBytes != 65536 || len(c.CORSOrigins) != 0 || c.HistorySize != 100 || c.HistoryTTL.Duration != 2*time.Minute {
 		t.Fatalf("defaults %+v", c)
 	}
 }
@@ -235,6 +235,9 @@ func TestLimitRanges(t *testing.T) {
 		{"--read-header-timeout", "1ms", true}, {"--shutdown-grace", "1h", true},
 		{"--channel-idle-expiry", "0s", true}, {"--channel-idle-expiry", "8760h", true}, {"--channel-idle-expiry", "8761h", false},
 		{"--channel-idle-expiry", "-1ns", false},
+		{"--history-size", "0", true}, {"--history-size", "100000", true}, {"--history-size", "100001", false}, {"--history-size", "-1", false},
+		{"--history-size", "x", false}, {"--history-ttl", "0s", true}, {"--history-ttl", "24h", true}, {"--history-ttl", "24h0m0.000000001s", false},
+		{"--history-ttl", "-1s", false}, {"--history-ttl", "5", false},
 	} {
 		_, err := Load([]string{tt.flag, tt.value}, noEnv)
 		if (err == nil) != tt.ok {

@@ -33,6 +33,7 @@ func (s *server) Deactivate() { s.state.Deactivate() }
 func (s *server) SetTimeout(d time.Duration, kill bool) error {
 	return s.state.SetTimeout(d, kill)
 }
+func (s *server) SetHistory(int, time.Duration) error { return nil }
 func (s *server) Status() admin.StatusReply {
 	snap := s.state.Snapshot()
 	return admin.StatusReply{Activated: snap.Activated, Timeout: snap.Timeout.Seconds(), TimeoutNanoseconds: int64(snap.Timeout)}
@@ -222,8 +223,9 @@ func TestErrors(t *testing.T) {
 // the two ways a server can fail to reach the state apply asks for.
 type frozen struct{ ignore bool }
 
-func (frozen) Activate()   {}
-func (frozen) Deactivate() {}
+func (frozen) Activate()                           {}
+func (frozen) Deactivate()                         {}
+func (frozen) SetHistory(int, time.Duration) error { return nil }
 func (f frozen) SetTimeout(time.Duration, bool) error {
 	if f.ignore {
 		return nil

@@ -33,7 +33,7 @@ const (
 
 // Demo is the demo page, its channels and its clock.
 type Demo struct {
-	hub  channels.Hub
+	hub  *channels.Hub
 	log  *slog.Logger
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -41,9 +41,9 @@ type Demo struct {
 
 // Start creates the demo channels (keeping any that exist) and starts the
 // clock. Stop ends it.
-func Start(hub channels.Hub, log *slog.Logger) (*Demo, error) {
+func Start(hub *channels.Hub, log *slog.Logger) (*Demo, error) {
 	for _, name := range append(slices.Clone(Rooms), Clock) {
-		if _, err := hub.Create(name); err != nil && !errors.Is(err, channels.ErrNameTaken) {
+		if _, err := hub.Create(context.Background(), name); err != nil && !errors.Is(err, channels.ErrNameTaken) {
 			return nil, err
 		}
 	}
@@ -97,7 +97,7 @@ func (d *Demo) Register(mux *http.ServeMux) {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), publishTimeout)
 		defer cancel()
-		out, err := d.hub.Write(ctx, room, msg)
+		out, _, err := d.hub.Write(ctx, room, msg)
 		if err != nil && !errors.Is(err, ctx.Err()) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

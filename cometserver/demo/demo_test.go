@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -11,20 +12,23 @@ import (
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
+	"github.com/cometop/comet-operator/cometserver/engine"
+	"github.com/cometop/comet-operator/cometserver/engine/memory"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
 func TestDemo(t *testing.T) {
 	bounded.Test(t, time.Minute)
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
-	reg.Create("demo/news") // an existing room is kept
+	reg := channelstest.New(engine.Limits{})
+	defer reg.Engine().Stop()
+	reg.Create(context.Background(), "demo/news") // an existing room is kept
 	d, err := Start(reg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reg.Len() != 4 {
-		t.Fatalf("%d channels, want the 3 rooms and the clock", reg.Len())
+	if channelstest.Len(reg) != 4 {
+		t.Fatalf("%d channels, want the 3 rooms and the clock", channelstest.Len(reg))
 	}
 	mux := http.NewServeMux()
 	d.Register(mux)
@@ -32,7 +36,7 @@ func TestDemo(t *testing.T) {
 	defer srv.Close()
 
 	// The clock ticks every second.
-	w, _ := reg.Subscribe([]string{Clock})
+	w, _, _ := reg.Subscribe(context.Background(), []string{Clock}, nil)
 	bounded.Recv(t, "a clock tick", 3*time.Second, w.Ready())
 	events := w.Detach()
 	channels.Resolve(events, true)
@@ -62,7 +66,7 @@ func TestDemo(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	w, _ = reg.Subscribe([]string{"demo/lobby"})
+	w, _, _ = reg.Subscribe(context.Background(), []string{"demo/lobby"}, nil)
 	go func() {
 		<-w.Ready()
 		channels.Resolve(w.Detach(), true)
@@ -85,22 +89,26 @@ func TestDemo(t *testing.T) {
 	if code, _ := post("lobby", strings.Repeat("x", 1024)); code != 200 {
 		t.Errorf("1024 bytes: %d", code)
 	}
-	reg.Close("demo/random")
+	reg.Close(context.Background(), "demo/random")
 	if code, _ := post("random", "x"); code != 400 {
 		t.Errorf("a closed room: %d", code)
 	}
 
 	d.Stop()
-	w, _ = reg.Subscribe([]string{Clock})
+	w, _, _ = reg.Subscribe(context.Background(), []string{Clock}, nil)
 	defer w.Detach()
 	if !bounded.Quiet(w.Ready(), 1500*time.Millisecond) {
 		t.Fatal("the clock ticked after Stop")
 	}
-	if _, err := Start(failing{reg}, slog.New(slog.DiscardHandler)); err == nil {
+	eng := memory.New(engine.Limits{})
+	defer eng.Stop()
+	if _, err := Start(channels.New(failing{eng}), slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("Start hid a hub error")
 	}
 }
 
-type failing struct{ channels.Hub }
+type failing struct{ engine.Engine }
 
-func (failing) Create(string) (string, error) { return "", channels.ErrTooManyVirtualChannels }
+func (failing) Create(context.Context, string) (string, error) {
+	return "", channels.ErrTooManyVirtualChannels
+}

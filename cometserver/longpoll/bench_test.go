@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
+	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/security"
 )
 
@@ -20,9 +21,9 @@ import (
 // open-file limit (20,000 here, two descriptors a client) bounds n.
 func BenchmarkHTTPBroadcast(b *testing.B) {
 	const n = 2000
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
-	reg.Create("c")
+	reg := channelstest.New(engine.Limits{})
+	defer reg.Engine().Stop()
+	reg.Create(context.Background(), "c")
 	h := New(reg, security.New(true, time.Hour), Options{})
 	srv := httptest.NewUnstartedServer(h)
 	srv.Listener = h.Listener(srv.Listener) // as in production
@@ -49,14 +50,14 @@ func BenchmarkHTTPBroadcast(b *testing.B) {
 		}()
 	}
 	allWaiting := func() {
-		for info, _ := reg.Info("c"); info.Listeners < n; info, _ = reg.Info("c") {
+		for info, _ := reg.Info(context.Background(), "c"); info.Listeners < n; info, _ = reg.Info(context.Background(), "c") {
 			time.Sleep(100 * time.Microsecond)
 		}
 	}
 	allWaiting()
 	b.ResetTimer()
 	for b.Loop() {
-		out, err := reg.Write(context.Background(), "c", []byte(`{"price":42}`))
+		out, _, err := reg.Write(context.Background(), "c", []byte(`{"price":42}`))
 		if err != nil || out.Delivered != n {
 			b.Fatalf("outcome %+v, %v", out, err)
 		}

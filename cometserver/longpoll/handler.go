@@ -11,6 +11,7 @@ package longpoll
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -52,9 +53,14 @@ type Options struct {
 	Metrics *metrics.Metrics
 }
 
+// Subscriber is what the handler needs of a hub (*channels.Hub).
+type Subscriber interface {
+	Subscribe(ctx context.Context, ids []string, r *channels.Resume) (*channels.Waiter, []string, error)
+}
+
 // Handler is the client endpoint.
 type Handler struct {
-	hub     channels.Hub
+	hub     Subscriber
 	state   *security.State
 	o       Options
 	waiting atomic.Int64
@@ -70,7 +76,7 @@ type Handler struct {
 }
 
 // New returns a Handler serving hub under state.
-func New(hub channels.Hub, state *security.State, o Options) *Handler {
+func New(hub Subscriber, state *security.State, o Options) *Handler {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 8192
 	}
@@ -145,7 +151,7 @@ func (h *Handler) respond(x exchange, r *http.Request) {
 
 	// 1. Read and decode the registration.
 	x.bodyDeadline(time.Now().Add(h.o.ReadTimeout))
-	ids, code, err := h.readRegistration(r.ContentLength, r.Body)
+	req, code, err := h.readRegistration(r.ContentLength, r.Body)
 	if err != nil {
 		h.refuse(x, code, err.Error())
 		return
@@ -154,7 +160,7 @@ func (h *Handler) respond(x exchange, r *http.Request) {
 
 	// 2. Admission: activation, shutdown, and the cap on waiting requests.
 	// 3. Listen on the live channels; answer at once if there is none.
-	p, status := h.admit(ids)
+	p, status := h.admit(r.Context(), req)
 	switch {
 	case status != 0:
 		h.refuse(x, status, "")
@@ -199,6 +205,7 @@ func (h *Handler) refuse(x exchange, status int, reason string) {
 // poll is a registration admitted to wait.
 type poll struct {
 	ids, ended []string
+	resume     bool             // the reply carries positions (PROTOCOL.md section 7)
 	waiter     *channels.Waiter // nil: nothing to wait for, answer at once
 	deadline   time.Time
 	abort      <-chan struct{} // closes when the poll must be answered 503
@@ -207,7 +214,7 @@ type poll struct {
 // admit applies activation, shutdown and the cap on waiting requests to a
 // registration, then subscribes it. A non-zero status refuses it. While
 // its waiter is set, a poll counts as waiting until its waiter says done.
-func (h *Handler) admit(ids []string) (*poll, int) {
+func (h *Handler) admit(ctx context.Context, req wire.Request) (*poll, int) {
 	timeout, abort, err := h.state.Admit()
 	if err != nil {
 		return nil, http.StatusServiceUnavailable
@@ -216,8 +223,17 @@ func (h *Handler) admit(ids []string) (*poll, int) {
 		h.waiting.Add(-1)
 		return nil, http.StatusServiceUnavailable
 	}
-	p := &poll{ids: ids, deadline: time.Now().Add(timeout), abort: abort}
-	w, ended := h.hub.Subscribe(ids)
+	p := &poll{ids: req.IDs, resume: req.Resume, deadline: time.Now().Add(timeout), abort: abort}
+	var resume *channels.Resume
+	if req.Resume {
+		resume = &channels.Resume{From: req.From}
+	}
+	w, ended, err := h.hub.Subscribe(ctx, req.IDs, resume)
+	if err != nil {
+		h.waiting.Add(-1)
+		h.o.Logger.Warn("cannot subscribe a comet request", "err", err)
+		return nil, http.StatusServiceUnavailable
+	}
 	p.ended = ended
 	if w.Subscribed() {
 		p.waiter = w
@@ -228,8 +244,10 @@ func (h *Handler) admit(ids []string) (*poll, int) {
 }
 
 // answer stops p listening and returns its reply: the ended identifiers
-// (in registration order) then the messages (in write order). The caller
-// must Resolve the messages with the fate of the reply.
+// (in registration order), then for a resuming poll the gaps (the same
+// order), the messages (in write order), then for a resuming poll each
+// live channel's position after them. The caller must Resolve the
+// messages with the fate of the reply.
 func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
 	ended := p.ended
 	if p.waiter != nil {
@@ -247,8 +265,22 @@ func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
 			lines = append(lines, wire.Line{ID: id, Ended: true})
 		}
 	}
+	if p.resume && p.waiter != nil {
+		for _, id := range p.ids {
+			if _, gap, ok := p.waiter.Cursor(id); ok && gap && !slices.Contains(ended, id) {
+				lines = append(lines, wire.Line{ID: id, Gap: true})
+			}
+		}
+	}
 	for _, m := range messages {
 		lines = append(lines, wire.Line{ID: m.ID, Payload: m.Payload})
+	}
+	if p.resume && p.waiter != nil {
+		for _, id := range p.ids {
+			if pos, _, ok := p.waiter.Cursor(id); ok && !slices.Contains(ended, id) {
+				lines = append(lines, wire.Line{ID: id, Position: pos.String()})
+			}
+		}
 	}
 	return wire.AppendReply(nil, lines), messages
 }
@@ -261,10 +293,10 @@ var errUnreadable = errors.New("cannot read body")
 // readRegistration reads a body of the declared length (-1: unknown)
 // within the size limit and returns its identifiers, or the status code
 // and reason to refuse it with.
-func (h *Handler) readRegistration(length int64, body io.Reader) ([]string, int, error) {
+func (h *Handler) readRegistration(length int64, body io.Reader) (wire.Request, int, error) {
 	max := h.o.MaxBodyBytes
 	if length > max {
-		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
+		return wire.Request{}, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
 	}
 	// A pooled buffer: the identifiers are copied out of it.
 	buf := bodyPool.Get().(*bytes.Buffer)
@@ -277,15 +309,15 @@ func (h *Handler) readRegistration(length int64, body io.Reader) ([]string, int,
 	_, err := buf.ReadFrom(io.LimitReader(body, max+1))
 	switch {
 	case err != nil:
-		return nil, http.StatusBadRequest, fmt.Errorf("%w: %v", errUnreadable, err)
+		return wire.Request{}, http.StatusBadRequest, fmt.Errorf("%w: %v", errUnreadable, err)
 	case int64(buf.Len()) > max:
-		return nil, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
+		return wire.Request{}, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
 	}
-	ids, err := wire.ParseRegistration(buf.Bytes(), h.o.MaxIDs)
+	req, err := wire.ParseRequest(buf.Bytes(), h.o.MaxIDs)
 	if err != nil {
-		return nil, http.StatusBadRequest, err
+		return wire.Request{}, http.StatusBadRequest, err
 	}
-	return ids, 0, nil
+	return req, 0, nil
 }
 
 // draining reports whether the server is shutting down, when replies

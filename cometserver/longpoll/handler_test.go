@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
+	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/cometserver/security"
 	"github.com/cometop/comet-operator/test/bounded"
@@ -27,7 +29,7 @@ import (
 // env is a client endpoint on a real loopback listener.
 type env struct {
 	t       *testing.T
-	reg     *channels.Registry
+	reg     *channels.Hub
 	state   *security.State
 	metrics *metrics.Metrics
 	h       *Handler
@@ -68,13 +70,20 @@ type envConfig struct {
 	timeout time.Duration
 	opts    Options
 	// hub wraps the registry, to make things happen at chosen moments.
-	hub func(channels.Hub) channels.Hub
+	hub func(Subscriber) Subscriber
 	// accepted sees each connection the server accepts, to set socket
 	// options on it.
 	accepted func(net.Conn)
+	// limits of the engine; nil: the server's defaults (history on).
+	limits *engine.Limits
 }
 
-func newEnv(t *testing.T, m mode, timeout time.Duration, o Options, wrap ...func(channels.Hub) channels.Hub) *env {
+// defaultLimits are the server's default history bounds: every test runs
+// with history on, so that a request that does not resume is shown to be
+// unaffected by it.
+var defaultLimits = engine.Limits{HistorySize: 100, HistoryTTL: 2 * time.Minute}
+
+func newEnv(t *testing.T, m mode, timeout time.Duration, o Options, wrap ...func(Subscriber) Subscriber) *env {
 	t.Helper()
 	c := envConfig{mode: m, timeout: timeout, opts: o}
 	if len(wrap) > 0 {
@@ -86,13 +95,18 @@ func newEnv(t *testing.T, m mode, timeout time.Duration, o Options, wrap ...func
 func newEnvWith(t *testing.T, c envConfig) *env {
 	t.Helper()
 	bounded.Test(t, 2*time.Minute)
-	e := &env{t: t, reg: channels.NewRegistry(channels.Options{}), state: security.New(true, c.timeout)}
-	var hub channels.Hub = e.reg
+	limits := defaultLimits
+	if c.limits != nil {
+		limits = *c.limits
+	}
+	e := &env{t: t, reg: channelstest.New(limits), state: security.New(true, c.timeout)}
+	t.Cleanup(e.reg.Engine().Stop)
+	var hub Subscriber = e.reg
 	if c.hub != nil {
 		hub = c.hub(hub)
 	}
 	if c.opts.Metrics == nil {
-		c.opts.Metrics = metrics.New(func() float64 { return float64(e.reg.Len()) }, func() float64 { return float64(e.h.Waiting()) })
+		c.opts.Metrics = metrics.New(metrics.Sources{Channels: func() float64 { return float64(channelstest.Len(e.reg)) }, Waiting: func() float64 { return float64(e.h.Waiting()) }})
 	}
 	e.metrics = c.opts.Metrics
 	e.h = New(hub, e.state, c.opts)
@@ -130,7 +144,7 @@ func newEnvWith(t *testing.T, c envConfig) *env {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		e.h.Shutdown(ctx)
-		e.reg.Stop()
+		e.reg.Engine().Stop()
 	})
 	e.url = srv.URL + "/comet"
 	return e
@@ -233,14 +247,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func (e *env) waitListeners(id string, n int) {
 	e.t.Helper()
 	waitFor(e.t, fmt.Sprintf("%d listeners on %s", n, id), func() bool {
-		info, err := e.reg.Info(id)
+		info, err := e.reg.Info(context.Background(), id)
 		return err == nil && info.Listeners == n
 	})
 }
 
 func (e *env) create(name string) string {
 	e.t.Helper()
-	id, err := e.reg.Create(name)
+	id, err := e.reg.Create(context.Background(), name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -254,7 +268,7 @@ func (e *env) write(id, msg string) channels.Outcome {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	out, err := e.reg.Write(ctx, id, []byte(msg))
+	out, _, err := e.reg.Write(ctx, id, []byte(msg))
 	if err != nil {
 		e.t.Fatalf("write %q to %s: %+v, %v", msg, id, out, err)
 	}
@@ -399,7 +413,7 @@ func TestMessageDelivery(t *testing.T) {
 		if out != (channels.Outcome{Delivered: 1}) {
 			t.Fatalf("outcome %+v, want delivered to 1", out)
 		}
-		if info, _ := e.reg.Info(id); info.Listeners != 0 {
+		if info, _ := e.reg.Info(context.Background(), id); info.Listeners != 0 {
 			t.Fatalf("%d listeners left after the reply", info.Listeners)
 		}
 	})
@@ -430,20 +444,20 @@ func TestBroadcastToManyWaiters(t *testing.T) {
 // real registry between the request subscribing and it starting to wait,
 // which is how several events come to share one reply.
 type writeDuringSubscribe struct {
-	channels.Hub
+	Subscriber
 	then func()
 }
 
-func (h writeDuringSubscribe) Subscribe(ids []string) (*channels.Waiter, []string) {
-	w, ended := h.Hub.Subscribe(ids)
+func (h writeDuringSubscribe) Subscribe(ctx context.Context, ids []string, r *channels.Resume) (*channels.Waiter, []string, error) {
+	w, ended, err := h.Subscriber.Subscribe(ctx, ids, r)
 	h.then()
-	return w, ended
+	return w, ended, err
 }
 
 func TestSeveralEventsInOneReply(t *testing.T) {
 	forEachMode(t, func(t *testing.T, m mode) {
-		var reg *channels.Registry
-		e := newEnv(t, m, time.Minute, Options{}, func(h channels.Hub) channels.Hub {
+		var reg *channels.Hub
+		e := newEnv(t, m, time.Minute, Options{}, func(h Subscriber) Subscriber {
 			return writeDuringSubscribe{h, func() {
 				// A cancelled context makes Write broadcast and return without
 				// waiting for the reply, which cannot come before we return.
@@ -452,7 +466,7 @@ func TestSeveralEventsInOneReply(t *testing.T) {
 				for _, w := range []struct{ id, msg string }{{"a", "1"}, {"b", "2"}, {"a", "3"}} {
 					reg.Write(ctx, w.id, []byte(w.msg))
 				}
-				reg.Close("c")
+				reg.Close(context.Background(), "c")
 			}}
 		})
 		reg = e.reg
@@ -473,11 +487,11 @@ func TestCloseWhileWaiting(t *testing.T) {
 		e.create("b")
 		c := e.pollAsync("registration=a%0Ab")
 		e.waitListeners("b", 1)
-		e.reg.Close("b")
+		e.reg.Close(context.Background(), "b")
 		if r := receive(t, c); r.status != 200 || r.body != "b:ENDED_CHANNEL" {
 			t.Fatalf("reply %d %q", r.status, r.body)
 		}
-		if info, _ := e.reg.Info("a"); info.Listeners != 0 {
+		if info, _ := e.reg.Info(context.Background(), "a"); info.Listeners != 0 {
 			t.Fatal("the request still listens on a")
 		}
 		e.state.SetTimeout(20*time.Millisecond, false) // a is live, so the next request waits for its timeout
@@ -528,7 +542,7 @@ func TestSetTimeoutAppliesToNewWaitsOnly(t *testing.T) {
 		if !bounded.Quiet(old, 300*time.Millisecond) {
 			t.Fatal("the request that started under the old timeout was answered under the new one")
 		}
-		if info, _ := e.reg.Info("a"); info.Listeners != 1 {
+		if info, _ := e.reg.Info(context.Background(), "a"); info.Listeners != 1 {
 			t.Fatalf("%d listeners, want the old request alone", info.Listeners)
 		}
 		e.write("a", "x")

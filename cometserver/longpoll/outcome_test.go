@@ -19,16 +19,16 @@ import (
 // after it listens and before the request starts waiting: what happens in
 // then is already there when the request looks.
 type thenOnSubscribe struct {
-	channels.Hub
+	Subscriber
 	then func(*channels.Waiter)
 }
 
-func (h thenOnSubscribe) Subscribe(ids []string) (*channels.Waiter, []string) {
-	w, ended := h.Hub.Subscribe(ids)
-	if w.Subscribed() {
+func (h thenOnSubscribe) Subscribe(ctx context.Context, ids []string, r *channels.Resume) (*channels.Waiter, []string, error) {
+	w, ended, err := h.Subscriber.Subscribe(ctx, ids, r)
+	if err == nil && w.Subscribed() {
 		h.then(w)
 	}
-	return w, ended
+	return w, ended, err
 }
 
 // An abort that comes together with a message wins: the request gets 503
@@ -45,12 +45,12 @@ func TestAbortWinsOverASimultaneousMessage(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				var e *env
 				outcome := make(chan channels.Outcome, 1)
-				e = newEnvWith(t, envConfig{mode: m, timeout: time.Hour, hub: func(h channels.Hub) channels.Hub {
+				e = newEnvWith(t, envConfig{mode: m, timeout: time.Hour, hub: func(h Subscriber) Subscriber {
 					return thenOnSubscribe{h, func(w *channels.Waiter) {
 						pushed := make(chan struct{})
 						w.OnReady(func() { close(pushed) })
 						go func() {
-							out, err := e.reg.Write(context.Background(), "a", []byte("m"))
+							out, _, err := e.reg.Write(context.Background(), "a", []byte("m"))
 							if err != nil {
 								t.Error(err)
 							}
@@ -89,7 +89,7 @@ func TestFailedReplyCountsAsFailed(t *testing.T) {
 		e.waitListeners("a", 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		out, err := e.reg.Write(ctx, "a", []byte(strings.Repeat("\x00", 1<<20)))
+		out, _, err := e.reg.Write(ctx, "a", []byte(strings.Repeat("\x00", 1<<20)))
 		if err != nil || out != (channels.Outcome{Failed: 1}) {
 			t.Fatalf("outcome %+v, %v; want the reply failed", out, err)
 		}
@@ -109,7 +109,7 @@ func TestFailedFlushCountsAsFailed(t *testing.T) {
 		e.waitListeners("a", 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if out, err := e.reg.Write(ctx, "a", []byte("m")); err != nil || out != (channels.Outcome{Failed: 1}) {
+		if out, _, err := e.reg.Write(ctx, "a", []byte("m")); err != nil || out != (channels.Outcome{Failed: 1}) {
 			t.Fatalf("outcome %+v, %v; want the reply failed", out, err)
 		}
 	})
@@ -153,13 +153,13 @@ func TestStalledBodyGets400(t *testing.T) {
 }
 
 // panicky is a Hub that panics on Subscribe to the channel "boom".
-type panicky struct{ channels.Hub }
+type panicky struct{ Subscriber }
 
-func (h panicky) Subscribe(ids []string) (*channels.Waiter, []string) {
+func (h panicky) Subscribe(ctx context.Context, ids []string, r *channels.Resume) (*channels.Waiter, []string, error) {
 	if len(ids) > 0 && ids[0] == "boom" {
 		panic("a bug in a hub")
 	}
-	return h.Hub.Subscribe(ids)
+	return h.Subscriber.Subscribe(ctx, ids, r)
 }
 
 // A panic while serving a taken-over connection is logged with its stack
@@ -169,7 +169,7 @@ func TestPanicInATakenOverConnection(t *testing.T) {
 	logs := &syncBuffer{}
 	e := newEnvWith(t, envConfig{mode: takeover, timeout: time.Minute,
 		opts: Options{Logger: slog.New(slog.NewTextHandler(logs, nil))},
-		hub:  func(h channels.Hub) channels.Hub { return panicky{h} }})
+		hub:  func(h Subscriber) Subscriber { return panicky{h} }})
 	c := e.dial()
 	e.park(c)
 	c.send(pollRequest("registration=boom"))

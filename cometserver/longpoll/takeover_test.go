@@ -19,7 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
+	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/security"
 	"github.com/cometop/comet-operator/test/bounded"
 )
@@ -141,10 +142,10 @@ func (e *env) parkedConns() int {
 // park makes c a taken-over connection: a poll waits on it and is answered.
 func (e *env) park(c *rawConn) {
 	e.t.Helper()
-	if _, err := e.reg.Info("park"); err != nil {
+	if _, err := e.reg.Info(context.Background(), "park"); err != nil {
 		e.create("park")
 	}
-	before, _ := e.reg.Info("park")
+	before, _ := e.reg.Info(context.Background(), "park")
 	c.send(pollRequest("registration=park"))
 	e.waitListeners("park", before.Listeners+1)
 	e.write("park", "parked")
@@ -566,15 +567,15 @@ func TestTakenOverConnectionReadsHeadsAsNetHTTP(t *testing.T) {
 // answered there.
 func TestHTTP2WaitsInsideNetHTTP(t *testing.T) {
 	bounded.Test(t, time.Minute)
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
+	reg := channelstest.New(engine.Limits{})
+	defer reg.Engine().Stop()
 	h := New(reg, security.New(true, time.Minute), Options{})
 	srv := httptest.NewUnstartedServer(h)
 	srv.Listener = h.Listener(srv.Listener)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	defer srv.Close()
-	reg.Create("a")
+	reg.Create(context.Background(), "a")
 	type result struct {
 		proto, body string
 		err         error
@@ -592,14 +593,14 @@ func TestHTTP2WaitsInsideNetHTTP(t *testing.T) {
 		b, err := io.ReadAll(resp.Body)
 		done <- result{resp.Proto, string(b), err}
 	}()
-	bounded.Wait(t, "the HTTP/2 poll waiting", 5*time.Second, func() bool { info, _ := reg.Info("a"); return info.Listeners == 1 })
+	bounded.Wait(t, "the HTTP/2 poll waiting", 5*time.Second, func() bool { info, _ := reg.Info(context.Background(), "a"); return info.Listeners == 1 })
 	h.mu.Lock()
 	parked := len(h.parked)
 	h.mu.Unlock()
 	if parked != 0 {
 		t.Fatal("an HTTP/2 connection was taken over")
 	}
-	if out, err := reg.Write(context.Background(), "a", []byte("m")); err != nil || out.Delivered != 1 {
+	if out, _, err := reg.Write(context.Background(), "a", []byte("m")); err != nil || out.Delivered != 1 {
 		t.Fatalf("outcome %+v, %v", out, err)
 	}
 	if r := bounded.Recv(t, "the reply", 5*time.Second, done); r.err != nil || r.proto != "HTTP/2.0" || r.body != "a:m" {

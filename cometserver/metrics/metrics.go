@@ -18,9 +18,22 @@ type Metrics struct {
 	commands         *prometheus.CounterVec
 }
 
-// New registers the server's metrics, plus Go and process metrics. channels
-// and waiting are read at scrape time.
-func New(channels, waiting func() float64) *Metrics {
+// Sources are the gauges read at scrape time.
+type Sources struct {
+	Channels        func() float64 // live channels
+	Waiting         func() float64 // long polls waiting
+	HistoryMessages func() float64 // messages kept in histories, in this process
+	HistoryBytes    func() float64 // their payload bytes
+}
+
+// New registers the server's metrics, plus Go and process metrics. A nil
+// source reads as 0.
+func New(src Sources) *Metrics {
+	for _, f := range []*func() float64{&src.Channels, &src.Waiting, &src.HistoryMessages, &src.HistoryBytes} {
+		if *f == nil {
+			*f = func() float64 { return 0 }
+		}
+	}
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		messagesWritten: prometheus.NewCounter(prometheus.CounterOpts{
@@ -45,10 +58,16 @@ func New(channels, waiting func() float64) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "comet_channels", Help: "Live channels.",
-		}, channels),
+		}, src.Channels),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "comet_waiting_requests", Help: "Long-poll requests waiting now.",
-		}, waiting),
+		}, src.Waiting),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_history_messages", Help: "Messages kept in channel histories in this process.",
+		}, src.HistoryMessages),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_history_bytes", Help: "Payload bytes of the messages kept in channel histories in this process.",
+		}, src.HistoryBytes),
 		m.messagesWritten, m.messagesDelivery, m.replies, m.commands,
 	)
 	return m

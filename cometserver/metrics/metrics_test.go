@@ -12,7 +12,8 @@ import (
 // and a nil *Metrics records nothing without failing.
 func TestMetrics(t *testing.T) {
 	channels, waiting := 3.0, 5.0
-	m := New(func() float64 { return channels }, func() float64 { return waiting })
+	m := New(Sources{Channels: func() float64 { return channels }, Waiting: func() float64 { return waiting },
+		HistoryMessages: func() float64 { return 7 }, HistoryBytes: func() float64 { return 70 }})
 	m.MessageWritten(2, 1)
 	m.MessageWritten(0, 0)
 	m.Reply(200)
@@ -29,6 +30,12 @@ comet_admin_commands_total{command="set_timeout",result="error"} 1
 # HELP comet_channels Live channels.
 # TYPE comet_channels gauge
 comet_channels 4
+# HELP comet_history_bytes Payload bytes of the messages kept in channel histories in this process.
+# TYPE comet_history_bytes gauge
+comet_history_bytes 70
+# HELP comet_history_messages Messages kept in channel histories in this process.
+# TYPE comet_history_messages gauge
+comet_history_messages 7
 # HELP comet_message_deliveries_total Replies that carried a message, by result (delivered: flushed, failed: not written).
 # TYPE comet_message_deliveries_total counter
 comet_message_deliveries_total{result="delivered"} 2
@@ -45,12 +52,21 @@ comet_replies_total{code="503"} 1
 comet_waiting_requests 5
 `
 	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want),
-		"comet_admin_commands_total", "comet_channels", "comet_message_deliveries_total",
+		"comet_admin_commands_total", "comet_channels", "comet_message_deliveries_total", "comet_history_bytes", "comet_history_messages",
 		"comet_messages_written_total", "comet_replies_total", "comet_waiting_requests"); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := testutil.GatherAndCount(m.Registry, "go_goroutines", "process_open_fds"); err != nil || n != 2 {
 		t.Fatalf("the Go and process collectors: %d series, %v", n, err)
+	}
+
+	// A source not given reads as 0.
+	if err := testutil.GatherAndCompare(New(Sources{}).Registry, strings.NewReader(`
+# HELP comet_history_messages Messages kept in channel histories in this process.
+# TYPE comet_history_messages gauge
+comet_history_messages 0
+`), "comet_history_messages"); err != nil {
+		t.Fatal(err)
 	}
 
 	var none *Metrics

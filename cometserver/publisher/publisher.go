@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 )
 
@@ -39,6 +40,7 @@ const (
 	CodeNotFound         = "not_found"
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeUnavailable      = "unavailable"
+	CodeInvalidPosition  = "invalid_position"
 )
 
 // Options configure the API.
@@ -72,7 +74,7 @@ func ReadToken(path string) ([]byte, error) {
 }
 
 // New returns the API's handler.
-func New(hub channels.Hub, o Options) http.Handler {
+func New(hub *channels.Hub, o Options) http.Handler {
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 64 << 10
 	}
@@ -87,7 +89,7 @@ func New(hub channels.Hub, o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/channels", a.auth(methods{http.MethodPost: a.create}))
 	mux.Handle("/v1/channels/{id}", a.auth(methods{http.MethodGet: a.info, http.MethodDelete: a.close}))
-	mux.Handle("/v1/channels/{id}/messages", a.auth(methods{http.MethodPost: a.write}))
+	mux.Handle("/v1/channels/{id}/messages", a.auth(methods{http.MethodPost: a.write, http.MethodGet: a.history}))
 	if o.Metrics != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(o.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
@@ -112,7 +114,7 @@ func New(hub channels.Hub, o Options) http.Handler {
 }
 
 type api struct {
-	hub      channels.Hub
+	hub      *channels.Hub
 	o        Options
 	tokenSum []byte
 }
@@ -215,7 +217,7 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 		}
 		name = *req.Name
 	}
-	id, err := a.hub.Create(name)
+	id, err := a.hub.Create(r.Context(), name)
 	if err != nil {
 		writeHubError(w, err)
 		return
@@ -235,17 +237,63 @@ func (a *api) write(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeInvalidBody, "cannot read body: "+err.Error())
 		return
 	}
-	out, err := a.hub.Write(r.Context(), r.PathValue("id"), msg)
+	out, pos, err := a.hub.Write(r.Context(), r.PathValue("id"), msg)
 	if err != nil && !errors.Is(err, r.Context().Err()) {
 		writeHubError(w, err)
 		return
 	}
 	a.o.Metrics.MessageWritten(out.Delivered, out.Failed)
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, writeReply{Outcome: out, Position: pos.String()})
+}
+
+// writeReply is the answer to a write: its outcome and its position.
+type writeReply struct {
+	channels.Outcome
+	Position string `json:"position"`
+}
+
+// HistoryReply is the answer to GET /v1/channels/{id}/messages.
+type HistoryReply struct {
+	Position string           `json:"position"` // the channel's, after the last message
+	Gap      bool             `json:"gap"`      // the history does not reach back to since
+	Messages []HistoryMessage `json:"messages"` // oldest first
+}
+
+// HistoryMessage is one message of a channel's history.
+type HistoryMessage struct {
+	Position string `json:"position"`
+	Data     []byte `json:"data"` // base64
+}
+
+// history answers what a channel's history holds after ?since (all of it
+// without since).
+func (a *api) history(w http.ResponseWriter, r *http.Request) {
+	var since *engine.Position
+	asked := r.URL.Query().Has("since")
+	if q := r.URL.Query(); asked {
+		p, err := engine.ParsePosition(q.Get("since"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, CodeInvalidPosition, err.Error())
+			return
+		}
+		since = &p
+	} else {
+		since = &engine.Position{} // before the first message: what it holds, with no gap to report
+	}
+	h, err := a.hub.History(r.Context(), r.PathValue("id"), since)
+	if err != nil {
+		writeHubError(w, err)
+		return
+	}
+	reply := HistoryReply{Position: h.Top.String(), Gap: h.Gap && asked, Messages: make([]HistoryMessage, 0, len(h.Publications))}
+	for _, p := range h.Publications {
+		reply.Messages = append(reply.Messages, HistoryMessage{Position: p.Position.String(), Data: p.Payload})
+	}
+	writeJSON(w, http.StatusOK, reply)
 }
 
 func (a *api) close(w http.ResponseWriter, r *http.Request) {
-	if err := a.hub.Close(r.PathValue("id")); err != nil {
+	if err := a.hub.Close(r.Context(), r.PathValue("id")); err != nil {
 		writeHubError(w, err)
 		return
 	}
@@ -253,7 +301,7 @@ func (a *api) close(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) info(w http.ResponseWriter, r *http.Request) {
-	info, err := a.hub.Info(r.PathValue("id"))
+	info, err := a.hub.Info(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeHubError(w, err)
 		return

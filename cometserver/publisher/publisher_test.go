@@ -13,12 +13,16 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
+	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
+	"github.com/cometop/comet-operator/cometserver/engine"
+	"github.com/cometop/comet-operator/cometserver/engine/memory"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/test/bounded"
 )
@@ -27,18 +31,18 @@ type testAPI struct {
 	t     *testing.T
 	url   string
 	token string
-	reg   *channels.Registry
+	reg   *channels.Hub
 	ready atomic.Bool
 }
 
 func newAPI(t *testing.T, token string, max *int) *testAPI {
 	t.Helper()
 	bounded.Test(t, time.Minute)
-	a := &testAPI{t: t, token: token, reg: channels.NewRegistry(channels.Options{MaxVirtualChannels: max})}
+	a := &testAPI{t: t, token: token, reg: channelstest.New(engine.Limits{MaxVirtualChannels: max, HistorySize: 3, HistoryTTL: time.Minute})}
 	a.ready.Store(true)
-	m := metrics.New(func() float64 { return float64(a.reg.Len()) }, func() float64 { return 0 })
+	m := metrics.New(metrics.Sources{Channels: func() float64 { return float64(channelstest.Len(a.reg)) }, Waiting: func() float64 { return 0 }})
 	srv := httptest.NewServer(New(a.reg, Options{Token: []byte(token), MaxMessageBytes: 16, Metrics: m, Ready: a.ready.Load}))
-	t.Cleanup(func() { srv.Close(); a.reg.Stop() })
+	t.Cleanup(func() { srv.Close(); a.reg.Engine().Stop() })
 	a.url = srv.URL
 	return a
 }
@@ -93,10 +97,14 @@ func TestChannelLifecycle(t *testing.T) {
 	expectError(t, a.call("POST", "/v1/channels", `[1]`), 400, CodeInvalidBody)
 
 	path := "/v1/channels/" + url.PathEscape("room/42")
-	if r := a.call("GET", path, ""); r.status != 200 || r.body != "{\"id\":\"room/42\",\"listeners\":0}\n" {
+	info := regexp.MustCompile(`^\{"id":"room/42","listeners":0,"position":"0\.([A-Za-z0-9_-]+)","history_length":0\}\n$`)
+	r = a.call("GET", path, "")
+	m := info.FindStringSubmatch(r.body)
+	if r.status != 200 || m == nil {
 		t.Fatalf("info: %d %s", r.status, r.body)
 	}
-	if r := a.call("POST", path+"/messages", "hello"); r.status != 200 || r.body != "{\"delivered\":0,\"failed\":0}\n" {
+	epoch := m[1]
+	if r := a.call("POST", path+"/messages", "hello"); r.status != 200 || r.body != `{"delivered":0,"failed":0,"position":"1.`+epoch+`"}`+"\n" {
 		t.Fatalf("write with no listener: %d %s", r.status, r.body)
 	}
 	expectError(t, a.call("POST", path+"/messages", "ENDED_CHANNEL"), 400, CodeReservedMessage)
@@ -116,10 +124,10 @@ func TestChannelLifecycle(t *testing.T) {
 
 func TestWriteOutcomeOverHTTP(t *testing.T) {
 	a := newAPI(t, "", nil)
-	a.reg.Create("c")
+	a.reg.Create(context.Background(), "c")
 	var waiters []*channels.Waiter
 	for range 2 {
-		w, _ := a.reg.Subscribe([]string{"c"})
+		w, _, _ := a.reg.Subscribe(context.Background(), []string{"c"}, nil)
 		waiters = append(waiters, w)
 	}
 	go func() {
@@ -128,7 +136,7 @@ func TestWriteOutcomeOverHTTP(t *testing.T) {
 			channels.Resolve(w.Detach(), i == 0)
 		}
 	}()
-	if r := a.call("POST", "/v1/channels/c/messages", "m"); r.status != 200 || r.body != "{\"delivered\":1,\"failed\":1}\n" {
+	if r := a.call("POST", "/v1/channels/c/messages", "m"); r.status != 200 || !regexp.MustCompile(`^\{"delivered":1,"failed":1,"position":"1\.[A-Za-z0-9_-]+"\}\n$`).MatchString(r.body) {
 		t.Fatalf("outcome: %d %s", r.status, r.body)
 	}
 }
@@ -162,8 +170,8 @@ func TestBearerToken(t *testing.T) {
 			t.Fatalf("Authorization %q: no WWW-Authenticate: Bearer", header)
 		}
 	}
-	if a.reg.Len() != 1 {
-		t.Fatalf("%d channels: a refused request created one", a.reg.Len())
+	if channelstest.Len(a.reg) != 1 {
+		t.Fatalf("%d channels: a refused request created one", channelstest.Len(a.reg))
 	}
 	// Probes and metrics stay open, for kubelets and Prometheus.
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
@@ -220,9 +228,9 @@ func TestReadToken(t *testing.T) {
 // the server: the request ends, it does not hold the handler.
 func TestPublisherHangUpEndsTheWrite(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
-	m := metrics.New(func() float64 { return 0 }, func() float64 { return 0 })
+	reg := channelstest.New(engine.Limits{})
+	defer reg.Engine().Stop()
+	m := metrics.New(metrics.Sources{Channels: func() float64 { return 0 }, Waiting: func() float64 { return 0 }})
 	srv := httptest.NewUnstartedServer(New(reg, Options{Metrics: m}))
 	closed := make(chan struct{}, 1)
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -232,8 +240,8 @@ func TestPublisherHangUpEndsTheWrite(t *testing.T) {
 	}
 	srv.Start()
 	defer srv.Close()
-	reg.Create("c")
-	w, _ := reg.Subscribe([]string{"c"}) // never resolves
+	reg.Create(context.Background(), "c")
+	w, _, _ := reg.Subscribe(context.Background(), []string{"c"}, nil) // never resolves
 	defer w.Detach()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -284,16 +292,16 @@ func gather(t *testing.T, m *metrics.Metrics, name, label, value string) float64
 // Deliveries are counted by result, from each write's outcome.
 func TestDeliveryMetrics(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
-	m := metrics.New(func() float64 { return float64(reg.Len()) }, func() float64 { return 0 })
+	reg := channelstest.New(engine.Limits{})
+	defer reg.Engine().Stop()
+	m := metrics.New(metrics.Sources{Channels: func() float64 { return float64(channelstest.Len(reg)) }, Waiting: func() float64 { return 0 }})
 	srv := httptest.NewServer(New(reg, Options{Metrics: m}))
 	defer srv.Close()
-	reg.Create("c")
+	reg.Create(context.Background(), "c")
 	for round, fates := range [][]bool{{true, false, true}, {false}, {}} {
 		var ws []*channels.Waiter
 		for range fates {
-			w, _ := reg.Subscribe([]string{"c"})
+			w, _, _ := reg.Subscribe(context.Background(), []string{"c"}, nil)
 			ws = append(ws, w)
 		}
 		go func() {
@@ -322,10 +330,12 @@ func TestDeliveryMetrics(t *testing.T) {
 	}
 }
 
-// failingHub fails every operation with an error the API does not know.
-type failingHub struct{ channels.Hub }
+// failingEngine fails creates with an error the API does not know.
+type failingEngine struct{ engine.Engine }
 
-func (failingHub) Create(string) (string, error) { return "", errors.New("broker down") }
+func (failingEngine) Create(context.Context, string) (string, error) {
+	return "", errors.New("broker down")
+}
 
 // Bodies and errors the API must answer precisely.
 func TestRequestEdges(t *testing.T) {
@@ -349,7 +359,7 @@ func TestRequestEdges(t *testing.T) {
 	expectError(t, a.call("POST", "/v1/channels", `{"name":""}`), 400, CodeInvalidName)
 	expectError(t, a.call("POST", "/v1/channels", "{\"name\":\"caf\xe9\"}"), 400, CodeInvalidBody)
 	expectError(t, a.call("POST", "/v1/channels", "{\"name\":\"caf\xe8\"}"), 400, CodeInvalidBody)
-	if _, err := a.reg.Info("caf\uFFFD"); err == nil {
+	if _, err := a.reg.Info(context.Background(), "caf\uFFFD"); err == nil {
 		t.Fatal("an invalid UTF-8 name became a channel")
 	}
 	expectError(t, a.call("POST", "/v1/channels", `{"name":"`+strings.Repeat("x", 257)+`"}`), 400, CodeInvalidName)
@@ -361,8 +371,8 @@ func TestRequestEdges(t *testing.T) {
 	if r := a.call("GET", "/v1/channels", ""); r.status != 405 || r.header.Get("Allow") != "POST" {
 		t.Fatalf("GET /v1/channels: %d, Allow %q", r.status, r.header.Get("Allow"))
 	}
-	if r := a.call("GET", "/v1/channels/c/messages", ""); r.status != 405 || r.header.Get("Allow") != "POST" {
-		t.Fatalf("GET messages: %d, Allow %q", r.status, r.header.Get("Allow"))
+	if r := a.call("PUT", "/v1/channels/c/messages", ""); r.status != 405 || r.header.Get("Allow") != "GET, POST" {
+		t.Fatalf("PUT messages: %d, Allow %q", r.status, r.header.Get("Allow"))
 	}
 	if r := a.call("GET", "/healthz", ""); r.status != 200 || r.body != "ok\n" {
 		t.Fatalf("healthz: %d %q", r.status, r.body)
@@ -371,9 +381,9 @@ func TestRequestEdges(t *testing.T) {
 		t.Fatalf("Cache-Control %q", r.header.Get("Cache-Control"))
 	}
 
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
-	srv := httptest.NewServer(New(failingHub{reg}, Options{}))
+	eng := memory.New(engine.Limits{})
+	defer eng.Stop()
+	srv := httptest.NewServer(New(channels.New(failingEngine{eng}), Options{}))
 	defer srv.Close()
 	resp, err := http.Post(srv.URL+"/v1/channels", "application/json", nil)
 	if err != nil {
@@ -429,8 +439,8 @@ func TestPprofIsOptInAndBehindTheToken(t *testing.T) {
 	off := newAPI(t, "", nil)
 	expectError(t, off.call("GET", "/debug/pprof/", ""), 404, CodeNotFound)
 
-	reg := channels.NewRegistry(channels.Options{})
-	defer reg.Stop()
+	reg := channelstest.New(engine.Limits{})
+	defer reg.Engine().Stop()
 	srv := httptest.NewServer(New(reg, Options{Token: []byte("tok"), Pprof: true}))
 	defer srv.Close()
 	resp, _ := http.Get(srv.URL + "/debug/pprof/")
@@ -461,7 +471,7 @@ func TestBodyReadTimeout(t *testing.T) {
 		{200 * time.Millisecond, 50 * time.Millisecond, 201, false}, // within the timeout
 		{200 * time.Millisecond, 0, 400, true},                      // never finished: refused after the timeout
 	} {
-		reg := channels.NewRegistry(channels.Options{})
+		reg := channelstest.New(engine.Limits{})
 		srv := httptest.NewServer(New(reg, Options{ReadTimeout: tt.timeout}))
 		c, err := net.Dial("tcp", srv.Listener.Addr().String())
 		if err != nil {
@@ -484,6 +494,65 @@ func TestBodyReadTimeout(t *testing.T) {
 		}
 		c.Close()
 		srv.Close()
-		reg.Stop()
+		reg.Engine().Stop()
 	}
+}
+
+// A write answers its position; GET on the channel shows the position and
+// the history's length; GET on its messages reads the history.
+func TestPositionsAndHistory(t *testing.T) {
+	a := newAPI(t, "tok", nil)
+	a.call("POST", "/v1/channels", `{"name":"c"}`)
+	var positions []string
+	for _, m := range []string{"one", "two", "three", "\x00\xff"} {
+		var w struct{ Position string }
+		r := a.call("POST", "/v1/channels/c/messages", m)
+		if r.status != 200 || json.Unmarshal([]byte(r.body), &w) != nil {
+			t.Fatalf("write %q: %d %s", m, r.status, r.body)
+		}
+		positions = append(positions, w.Position)
+	}
+	epoch := strings.TrimPrefix(positions[0], "1.")
+	for i, p := range positions {
+		if p != fmt.Sprintf("%d.%s", i+1, epoch) {
+			t.Fatalf("positions %q: want 1 to 4 in one epoch", positions)
+		}
+	}
+	if r := a.call("GET", "/v1/channels/c", ""); r.body != `{"id":"c","listeners":0,"position":"4.`+epoch+`","history_length":3}`+"\n" {
+		t.Fatalf("info: %s", r.body)
+	}
+	history := func(query string) HistoryReply {
+		t.Helper()
+		var h HistoryReply
+		r := a.call("GET", "/v1/channels/c/messages"+query, "")
+		if r.status != 200 || json.Unmarshal([]byte(r.body), &h) != nil {
+			t.Fatalf("history%s: %d %s", query, r.status, r.body)
+		}
+		return h
+	}
+	render := func(h HistoryReply) string {
+		var out []string
+		for _, m := range h.Messages {
+			out = append(out, fmt.Sprintf("%q@%s", m.Data, strings.TrimSuffix(m.Position, "."+epoch)))
+		}
+		return fmt.Sprintf("%s top=%s gap=%v", strings.Join(out, " "), strings.TrimSuffix(h.Position, "."+epoch), h.Gap)
+	}
+	for _, tt := range []struct{ query, want string }{
+		{"", `"two"@2 "three"@3 "\x00\xff"@4 top=4 gap=false`},
+		{"?since=2." + epoch, `"three"@3 "\x00\xff"@4 top=4 gap=false`},
+		{"?since=4." + epoch, ` top=4 gap=false`},
+		{"?since=0." + epoch, `"two"@2 "three"@3 "\x00\xff"@4 top=4 gap=true`},
+		{"?since=2.otherepoch", `"two"@2 "three"@3 "\x00\xff"@4 top=4 gap=true`},
+	} {
+		if got := render(history(tt.query)); got != tt.want {
+			t.Errorf("history%s: %s, want %s", tt.query, got, tt.want)
+		}
+	}
+	if r := a.call("GET", "/v1/channels/c/messages?since=", ""); r.status != 400 {
+		t.Fatalf("an empty since: %d", r.status)
+	}
+	expectError(t, a.call("GET", "/v1/channels/c/messages?since=x", ""), 400, CodeInvalidPosition)
+	expectError(t, a.call("GET", "/v1/channels/nope/messages", ""), 404, CodeChannelNotFound)
+	a.token = "wrong"
+	expectError(t, a.call("GET", "/v1/channels/c/messages", ""), 401, CodeUnauthorized)
 }

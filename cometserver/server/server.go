@@ -19,6 +19,8 @@ import (
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/config"
 	"github.com/cometop/comet-operator/cometserver/demo"
+	"github.com/cometop/comet-operator/cometserver/engine"
+	"github.com/cometop/comet-operator/cometserver/engine/memory"
 	"github.com/cometop/comet-operator/cometserver/longpoll"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/cometserver/publisher"
@@ -35,7 +37,8 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	state   *security.State
-	hub     *channels.Registry
+	engine  *memory.Engine
+	hub     *channels.Hub
 	poll    *longpoll.Handler
 	started time.Time
 	ready   atomic.Bool
@@ -60,21 +63,35 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		}
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     log,
-		state:   security.New(cfg.Activated, cfg.Timeout.Duration),
-		hub:     channels.NewRegistry(channels.Options{MaxVirtualChannels: cfg.MaxVirtualChannels.Ptr(), IdleExpiry: cfg.ChannelIdleExpiry.Duration}),
+		cfg:   cfg,
+		log:   log,
+		state: security.New(cfg.Activated, cfg.Timeout.Duration),
+		engine: memory.New(engine.Limits{
+			MaxVirtualChannels: cfg.MaxVirtualChannels.Ptr(),
+			IdleExpiry:         cfg.ChannelIdleExpiry.Duration,
+			HistorySize:        cfg.HistorySize,
+			HistoryTTL:         cfg.HistoryTTL.Duration,
+		}),
 		started: time.Now(),
 	}
+	s.hub = channels.New(s.engine)
 	defer func() {
 		if err != nil {
 			s.closeAll()
 		}
 	}()
-	m := metrics.New(
-		func() float64 { return float64(s.hub.Len()) },
-		func() float64 { return float64(s.poll.Waiting()) },
-	)
+	m := metrics.New(metrics.Sources{
+		Channels: func() float64 { return float64(s.channels()) },
+		Waiting:  func() float64 { return float64(s.poll.Waiting()) },
+		HistoryMessages: func() float64 {
+			n, _ := s.engine.HistoryStats()
+			return float64(n)
+		},
+		HistoryBytes: func() float64 {
+			_, b := s.engine.HistoryStats()
+			return float64(b)
+		},
+	})
 	s.poll = longpoll.New(s.hub, s.state, longpoll.Options{
 		MaxBodyBytes: cfg.MaxBodyBytes,
 		MaxIDs:       cfg.MaxIDs,
@@ -267,7 +284,18 @@ func (s *Server) closeAll() {
 	if s.demo != nil {
 		s.demo.Stop()
 	}
-	s.hub.Stop()
+	s.engine.Stop()
+}
+
+// channels is the number of live channels.
+func (s *Server) channels() int {
+	n, _ := s.engine.Len(context.Background()) // the in-memory engine cannot fail
+	return n
+}
+
+func (s *Server) SetHistory(size int, ttl time.Duration) error {
+	s.engine.SetHistory(size, ttl)
+	return nil
 }
 
 // Activate, Deactivate, SetTimeout and Status make Server the admin.Target.
@@ -280,12 +308,16 @@ func (s *Server) SetTimeout(d time.Duration, kill bool) error {
 
 func (s *Server) Status() admin.StatusReply {
 	snap := s.state.Snapshot()
+	limits := s.engine.Limits()
 	return admin.StatusReply{
+		HistorySize:        limits.HistorySize,
+		HistoryTTL:         limits.HistoryTTL.Seconds(),
+		HistoryTTLNs:       int64(limits.HistoryTTL),
 		Activated:          snap.Activated,
 		Timeout:            snap.Timeout.Seconds(),
 		TimeoutNanoseconds: int64(snap.Timeout),
-		Channels:           s.hub.Len(),
-		MaxVirtualChannels: s.hub.MaxVirtualChannels(),
+		Channels:           s.channels(),
+		MaxVirtualChannels: limits.MaxVirtualChannels,
 		Waiting:            s.poll.Waiting(),
 		Draining:           snap.Draining,
 		Version:            Version,
@@ -295,7 +327,7 @@ func (s *Server) Status() admin.StatusReply {
 }
 
 // Hub is the server's channel hub, for in-process publishers.
-func (s *Server) Hub() channels.Hub { return s.hub }
+func (s *Server) Hub() *channels.Hub { return s.hub }
 
 // State is the server's security state, for in-process control.
 func (s *Server) State() *security.State { return s.state }

@@ -68,10 +68,10 @@ func (r *running) get(path string) int {
 func TestStatus(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	before := time.Now().UTC().Truncate(time.Second)
-	r := start(t, "--max-virtual-channels", "3", "--timeout", "7s", "--activated=false")
+	r := start(t, "--max-virtual-channels", "3", "--timeout", "7s", "--activated=false", "--history-size", "7", "--history-ttl", "90s")
 	after := time.Now().UTC()
-	r.s.Hub().Create("a")
-	r.s.Hub().Create("b")
+	r.s.Hub().Create(context.Background(), "a")
+	r.s.Hub().Create(context.Background(), "b")
 	st, err := admin.Client{Path: r.socket}.Status()
 	if err != nil {
 		t.Fatal(err)
@@ -81,9 +81,25 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("started_at %q, want between %v and %v, in UTC", st.StartedAt, before, after)
 	}
 	want := admin.StatusReply{Activated: false, Timeout: 7, TimeoutNanoseconds: int64(7 * time.Second), Channels: 2,
-		MaxVirtualChannels: st.MaxVirtualChannels, Waiting: 0, Draining: false, Version: Version, PID: os.Getpid(), StartedAt: st.StartedAt}
+		MaxVirtualChannels: st.MaxVirtualChannels, Waiting: 0, Draining: false, Version: Version, PID: os.Getpid(), StartedAt: st.StartedAt,
+		HistorySize: 7, HistoryTTL: 90, HistoryTTLNs: int64(90 * time.Second)}
 	if st != want || st.MaxVirtualChannels == nil || *st.MaxVirtualChannels != 3 {
 		t.Fatalf("status %+v, want %+v with max 3", st, want)
+	}
+
+	// set_history changes the bounds live: status shows them and the
+	// next write keeps at most the new size.
+	if err := (admin.Client{Path: r.socket}).Run(admin.Command{Verb: admin.SetHistory, HistorySize: 2, HistoryTTL: 1500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := (admin.Client{Path: r.socket}).Status(); err != nil || st.HistorySize != 2 || st.HistoryTTL != 1.5 || st.HistoryTTLNs != int64(1500*time.Millisecond) {
+		t.Fatalf("after set_history: %+v, %v", st, err)
+	}
+	for range 3 {
+		r.s.Hub().Write(context.Background(), "a", []byte("m"))
+	}
+	if info, err := r.s.Hub().Info(context.Background(), "a"); err != nil || info.HistoryLen != 2 {
+		t.Fatalf("after set_history 2: %+v, %v", info, err)
 	}
 
 	// Waiting counts a poll while it waits.
@@ -122,7 +138,7 @@ func TestReadinessAndDrain(t *testing.T) {
 		t.Fatalf("readyz while deactivated: %d, want 200", code)
 	}
 	r.s.Activate()
-	r.s.Hub().Create("a")
+	r.s.Hub().Create(context.Background(), "a")
 	polled := make(chan cometclient.Reply, 1)
 	go func() {
 		rep, _ := cometclient.Poll(context.Background(), http.DefaultClient, "http://"+r.s.ClientAddr()+"/comet", "a")

@@ -6,18 +6,27 @@
  *   import Comet from "/comet.mjs";                     // as an ES module
  *
  *   const c = new Comet("/comet", {
- *     onMessage(id, text, bytes) {},  // one call per message, in order
+ *     onMessage(id, text, bytes) {},  // one call per message, in order, once
  *     onEnded(id) {},                 // the channel is gone for good
+ *     onGap(id) {},                   // messages of id were lost (history too short)
  *     onState(state, detail) {},      // "polling", "backoff", "stopped"
+ *     resume: true,                   // the default: lose nothing between polls
  *   });
  *   c.add("news"); c.add("room/42");  // starts polling
  *   c.remove("news"); c.stop();
+ *
+ * With resume (PROTOCOL.md section 7) the client keeps each channel's
+ * position from the last reply and sends it with every poll, so a message
+ * written between two polls, during a backoff, or in a reply that never
+ * arrived comes with the next reply, once. resume: false polls as the
+ * seed's clients did.
  */
 (function (global) {
   "use strict";
 
   var CONTENT_TYPE = "application/x-ocsigen-comet";
   var ENDED = "ENDED_CHANNEL";
+  var GAP = "#GAP";
 
   function Comet(url, options) {
     if (!(this instanceof Comet)) return new Comet(url, options);
@@ -26,6 +35,8 @@
     this.onMessage = options.onMessage || function () {};
     this.onEnded = options.onEnded || function () {};
     this.onState = options.onState || function () {};
+    this.onGap = options.onGap || function () {};
+    this.resume = options.resume !== false;
     this.onError = options.onError || function () {};
     // Backoff after a 5xx or a network error: base * 2^n, at most max, plus
     // a random part of up to one base again, as the original client did.
@@ -33,6 +44,7 @@
     this.retryMax = options.retryMax || 64000;
     this.credentials = options.credentials || "same-origin";
     this._ids = [];
+    this._positions = {}; // channel id -> position from the last reply
     this._failures = 0;
     this._running = false;
     this._xhr = null;
@@ -55,6 +67,7 @@
     var i = this._ids.indexOf(String(id));
     if (i < 0) return;
     this._ids.splice(i, 1);
+    delete this._positions[String(id)]; // added again, it starts from then
     this._changed();
   };
 
@@ -74,8 +87,10 @@
     }
     // Re-register at once: abort a poll still waiting for its reply. One
     // whose reply has begun to arrive is read to the end first, so nothing
-    // the server put in it is lost; the new poll follows it.
-    if (this._xhr && !this._abortIfWaiting()) {
+    // the server put in it is lost; the new poll follows it. Resuming, a
+    // reply under way can be dropped too: the next poll, from the same
+    // positions, gets it again.
+    if (this._xhr && !this._abortIfWaiting(this.resume)) {
       this._restart = true;
       return;
     }
@@ -86,10 +101,11 @@
     }
   };
 
-  // _abortIfWaiting aborts the current poll if no reply has started.
-  Comet.prototype._abortIfWaiting = function () {
+  // _abortIfWaiting aborts the current poll if no reply has started, or
+  // whatever its state with always.
+  Comet.prototype._abortIfWaiting = function (always) {
     var xhr = this._xhr;
-    if (!xhr || xhr.readyState >= 2) return false; // HEADERS_RECEIVED or later
+    if (!xhr || (xhr.readyState >= 2 && !always)) return false; // HEADERS_RECEIVED or later
     this._xhr = null;
     xhr.onreadystatechange = null;
     xhr.abort();
@@ -118,7 +134,16 @@
     };
     self._state("polling", { channels: ids });
     // encodeURIComponent, not escape(): names may be UTF-8 (PROTOCOL.md 1).
-    xhr.send("registration=" + encodeURIComponent(ids.join("\n")));
+    var body = "registration=" + encodeURIComponent(ids.join("\n"));
+    if (self.resume) {
+      var from = [];
+      for (var i = 0; i < ids.length; i++) {
+        var p = self._positions[ids[i]];
+        if (p !== undefined) from.push(ids[i] + ":" + p);
+      }
+      body += "&resume=" + encodeURIComponent(from.join("\n"));
+    }
+    xhr.send(body);
   };
 
   Comet.prototype._done = function (status, body, ids) {
@@ -147,8 +172,10 @@
     self._timer = setTimeout(function () { self._poll(); }, delay);
   };
 
-  // _deliver reads "id:payload" lines: ENDED_CHANNEL ends a channel, any
-  // other payload is percent-encoded bytes, decoded as UTF-8.
+  // _deliver reads "id:payload" lines: ENDED_CHANNEL ends a channel, #GAP
+  // reports lost messages, @position is where the next poll resumes, any
+  // other payload is percent-encoded bytes, decoded as UTF-8. A payload
+  // never starts with '#' or '@' (they are percent-encoded).
   Comet.prototype._deliver = function (body, ids) {
     if (body === "") return;
     var lines = body.split("\n");
@@ -160,7 +187,16 @@
       if (payload === ENDED) {
         var k = this._ids.indexOf(id);
         if (k >= 0) this._ids.splice(k, 1);
+        delete this._positions[id];
         this._safe(this.onEnded, [id]);
+        continue;
+      }
+      if (payload === GAP) {
+        this._safe(this.onGap, [id]);
+        continue;
+      }
+      if (payload.charAt(0) === "@") {
+        if (this._ids.indexOf(id) >= 0) this._positions[id] = payload.slice(1);
         continue;
       }
       var bytes = percentDecode(payload);

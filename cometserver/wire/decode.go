@@ -9,6 +9,8 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
 )
 
 // ErrEmptyRegistration is returned when a body names no channel at all. Its
@@ -32,12 +34,30 @@ func (e *TooManyIDsError) Error() string {
 	return fmt.Sprintf("too many channel identifiers: %d, at most %d", e.Count, e.Max)
 }
 
-// ParseRegistration decodes a form body and returns the channel identifiers of
+// Request is a decoded comet request body.
+type Request struct {
+	IDs []string // the registered channels, in order, without duplicates
+	// Resume is true when the body has a "resume" parameter: the client
+	// asks for positions (PROTOCOL.md section 7).
+	Resume bool
+	// From holds the positions the client resumes from, by channel.
+	From map[string]engine.Position
+}
+
+// ResumeError is a malformed "resume" parameter.
+type ResumeError struct{ Reason string }
+
+func (e *ResumeError) Error() string { return "malformed resume parameter: " + e.Reason }
+
+// ParseRequest decodes a form body. Its channel identifiers are those of
 // every parameter named exactly "registration", merged in order, split on
 // '\n', with empty identifiers dropped and duplicates collapsed (the first
-// occurrence counts). maxIDs bounds what remains; maxIDs <= 0 means no bound.
-func ParseRegistration(body []byte, maxIDs int) ([]string, error) {
-	var ids []string
+// occurrence counts); maxIDs bounds what remains (maxIDs <= 0: no bound).
+// A "resume" parameter opts in to positions; its value holds lines
+// "id:position" for registered channels, split at the last ':'.
+func ParseRequest(body []byte, maxIDs int) (Request, error) {
+	var req Request
+	var resume []string
 	seen := make(map[string]struct{})
 	offset := 0
 	for pair := range strings.SplitSeq(string(body), "&") {
@@ -48,18 +68,23 @@ func ParseRegistration(body []byte, maxIDs int) ([]string, error) {
 		}
 		rawName, rawValue, ok := strings.Cut(pair, "=")
 		if !ok {
-			return nil, &SyntaxError{Offset: start, Reason: "parameter without '='"}
+			return Request{}, &SyntaxError{Offset: start, Reason: "parameter without '='"}
 		}
 		name, err := Unescape(rawName)
 		if err != nil {
-			return nil, shift(err, start)
+			return Request{}, shift(err, start)
 		}
-		if name != "registration" {
+		if name != "registration" && name != "resume" {
 			continue
 		}
 		value, err := Unescape(rawValue)
 		if err != nil {
-			return nil, shift(err, start+len(rawName)+1)
+			return Request{}, shift(err, start+len(rawName)+1)
+		}
+		if name == "resume" {
+			req.Resume = true
+			resume = append(resume, value)
+			continue
 		}
 		for id := range strings.SplitSeq(value, "\n") {
 			if id == "" {
@@ -69,16 +94,42 @@ func ParseRegistration(body []byte, maxIDs int) ([]string, error) {
 				continue
 			}
 			seen[id] = struct{}{}
-			ids = append(ids, id)
-			if maxIDs > 0 && len(ids) > maxIDs {
-				return nil, &TooManyIDsError{Count: len(ids), Max: maxIDs}
+			req.IDs = append(req.IDs, id)
+			if maxIDs > 0 && len(req.IDs) > maxIDs {
+				return Request{}, &TooManyIDsError{Count: len(req.IDs), Max: maxIDs}
 			}
 		}
 	}
-	if len(ids) == 0 {
-		return nil, ErrEmptyRegistration
+	if len(req.IDs) == 0 {
+		return Request{}, ErrEmptyRegistration
 	}
-	return ids, nil
+	for _, value := range resume {
+		for line := range strings.SplitSeq(value, "\n") {
+			if line == "" {
+				continue
+			}
+			i := strings.LastIndexByte(line, ':')
+			if i < 0 {
+				return Request{}, &ResumeError{Reason: "a line without ':'"}
+			}
+			id := line[:i]
+			if _, ok := seen[id]; !ok {
+				return Request{}, &ResumeError{Reason: "a position for a channel not registered"}
+			}
+			if _, dup := req.From[id]; dup {
+				return Request{}, &ResumeError{Reason: "two positions for one channel"}
+			}
+			pos, err := engine.ParsePosition(line[i+1:])
+			if err != nil {
+				return Request{}, &ResumeError{Reason: err.Error()}
+			}
+			if req.From == nil {
+				req.From = make(map[string]engine.Position)
+			}
+			req.From[id] = pos
+		}
+	}
+	return req, nil
 }
 
 func shift(err error, by int) error {

@@ -3,12 +3,21 @@ package wire
 // EndedChannel is the payload that tells a client a channel is gone for good.
 const EndedChannel = "ENDED_CHANNEL"
 
-// Line is one line of a reply: a channel identifier and either a message
-// payload or the end marker.
+// The markers of the resume extension (PROTOCOL.md section 7). Neither
+// '#' nor '@' survives percent-encoding, so no payload starts with them.
+const (
+	GapMarker      = "#GAP" // the history could not cover the client's position
+	PositionPrefix = "@"    // followed by the channel's position after this reply
+)
+
+// Line is one line of a reply: a channel identifier and one of a message
+// payload, the end marker, a gap marker or a position.
 type Line struct {
-	ID      string
-	Payload []byte
-	Ended   bool
+	ID       string
+	Payload  []byte
+	Ended    bool
+	Gap      bool
+	Position string
 }
 
 // AppendReply appends the reply body for lines to dst: "id:payload" lines
@@ -20,9 +29,15 @@ func AppendReply(dst []byte, lines []Line) []byte {
 		}
 		dst = append(dst, l.ID...)
 		dst = append(dst, ':')
-		if l.Ended {
+		switch {
+		case l.Ended:
 			dst = append(dst, EndedChannel...)
-		} else {
+		case l.Gap:
+			dst = append(dst, GapMarker...)
+		case l.Position != "":
+			dst = append(dst, PositionPrefix...)
+			dst = append(dst, l.Position...)
+		default:
 			dst = AppendPayload(dst, l.Payload)
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
 )
 
 func TestUnescape(t *testing.T) {
@@ -91,7 +93,7 @@ func TestParseRegistration(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseRegistration([]byte(tt.body), 128)
+			got, err := parseIDs([]byte(tt.body), 128)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("error = %v, want one containing %q", err, tt.err)
@@ -121,14 +123,14 @@ func TestNoBound(t *testing.T) {
 		ids[i] = fmt.Sprint(i)
 	}
 	for _, max := range []int{0, -1} {
-		if got, err := ParseRegistration([]byte("registration="+strings.Join(ids, "%0A")), max); err != nil || len(got) != 300 {
+		if got, err := parseIDs([]byte("registration="+strings.Join(ids, "%0A")), max); err != nil || len(got) != 300 {
 			t.Fatalf("300 ids with max %d: %d, %v", max, len(got), err)
 		}
 	}
 }
 
 func TestSyntaxErrorOffset(t *testing.T) {
-	_, err := ParseRegistration([]byte("a=1&registration=ok%zz"), 0)
+	_, err := parseIDs([]byte("a=1&registration=ok%zz"), 0)
 	var se *SyntaxError
 	if !errors.As(err, &se) || se.Offset != 19 {
 		t.Fatalf("error = %#v, want a SyntaxError at byte 19", err)
@@ -183,8 +185,12 @@ func FuzzParseRegistration(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte, max uint8) {
 		maxIDs := int(max % 8) // 0: no bound
-		ids, err := ParseRegistration(body, maxIDs)
+		ids, err := parseIDs(body, maxIDs)
 		want, wantErr := refParse(string(body), maxIDs)
+		var re *ResumeError
+		if errors.As(err, &re) && wantErr == "" {
+			return // a malformed resume parameter, which the reference ignores: FuzzParseResume's part
+		}
 		if kind(err) != wantErr {
 			t.Fatalf("%q (max %d): error %v, the reference says %q", body, maxIDs, err, wantErr)
 		}
@@ -344,7 +350,7 @@ func BenchmarkParseRegistration(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ParseRegistration(body, 128); err != nil {
+		if _, err := ParseRequest(body, 128); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -361,4 +367,97 @@ func BenchmarkAppendReply(b *testing.B) {
 		buf = AppendReply(buf[:0], lines)
 	}
 	b.SetBytes(int64(len(buf)))
+}
+
+// parseIDs is ParseRequest's identifiers, for the tests of registration.
+func parseIDs(body []byte, maxIDs int) ([]string, error) {
+	r, err := ParseRequest(body, maxIDs)
+	return r.IDs, err
+}
+
+func TestParseRequestResume(t *testing.T) {
+	for _, tt := range []struct {
+		body   string
+		resume bool
+		from   string // "id=position ..." sorted as given
+		err    string
+	}{
+		{"registration=a", false, "", ""},
+		{"registration=a&resume=", true, "", ""},
+		{"resume=&registration=a", true, "", ""},
+		{"registration=a%0Ab&resume=a:3.e%0A%0Ab:0.f", true, "a=3.e b=0.f", ""},
+		{"registration=a&resume=a%3A3.e", true, "a=3.e", ""},
+		{"registration=x:y&resume=x:y:1.e", true, "x:y=1.e", ""},
+		{"registration=a&resume=a:1.e&resume=", true, "a=1.e", ""},
+		{"registration=a&resume=a", true, "", "a line without ':'"},
+		{"registration=a&resume=a:1", true, "", "malformed position"},
+		{"registration=a&resume=b:1.e", true, "", "not registered"},
+		{"registration=a&resume=a:1.e%0Aa:2.e", true, "", "two positions"},
+		{"resume=a:1.e", true, "", "Empty or incorrect registration"},
+		{"registration=a&resume=%zz", true, "", "malformed body"},
+	} {
+		r, err := ParseRequest([]byte(tt.body), 0)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%q: %v, want an error with %q", tt.body, err, tt.err)
+			}
+			continue
+		}
+		var from []string
+		for _, id := range r.IDs {
+			if p, ok := r.From[id]; ok {
+				from = append(from, id+"="+p.String())
+			}
+		}
+		if err != nil || r.Resume != tt.resume || strings.Join(from, " ") != tt.from || len(from) != len(r.From) {
+			t.Errorf("%q: %+v, %v; want resume %v, from %q", tt.body, r, err, tt.resume, tt.from)
+		}
+	}
+}
+
+func TestAppendReplyMarkers(t *testing.T) {
+	got := string(AppendReply(nil, []Line{
+		{ID: "a", Ended: true}, {ID: "b", Gap: true}, {ID: "b", Payload: []byte("#GAP")},
+		{ID: "b", Payload: []byte("@1.e")}, {ID: "b", Position: "7.e"},
+	}))
+	if want := "a:ENDED_CHANNEL\nb:#GAP\nb:%23GAP\nb:%401.e\nb:@7.e"; got != want {
+		t.Fatalf("reply %q, want %q", got, want)
+	}
+}
+
+// FuzzParseResume: a request that parses has positions only for its
+// registered channels, each one that prints back as a valid position, and
+// says it resumes exactly when a parameter named resume is in the body.
+func FuzzParseResume(f *testing.F) {
+	for _, seed := range []string{
+		"registration=a&resume=a:1.e", "registration=a%0Ab&resume=b:0.f%0Aa:2.g", "registration=a&resume=",
+		"registration=x:y&resume=x:y:1.e", "registration=a&resume=a", "registration=a&resume=a:01.e",
+		"registration=a&res%75me=a:1.e", "registration=a&resume=a:1.e&resume=a:1.e",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := ParseRequest(body, 0)
+		if err != nil {
+			return
+		}
+		hasResume := false
+		for pair := range strings.SplitSeq(string(body), "&") {
+			name, _, _ := strings.Cut(pair, "=")
+			if n, err := Unescape(name); err == nil && n == "resume" {
+				hasResume = true
+			}
+		}
+		if r.Resume != hasResume {
+			t.Fatalf("%q: Resume %v, the body has a resume parameter: %v", body, r.Resume, hasResume)
+		}
+		for id, p := range r.From {
+			if !slices.Contains(r.IDs, id) {
+				t.Fatalf("%q: a position for %q, not registered", body, id)
+			}
+			if back, err := engine.ParsePosition(p.String()); err != nil || back != p {
+				t.Fatalf("%q: position %v does not print back", body, p)
+			}
+		}
+	})
 }

@@ -299,6 +299,9 @@ type refusingTarget struct{ ignore bool }
 
 func (r refusingTarget) Activate()   {}
 func (r refusingTarget) Deactivate() {}
+func (r refusingTarget) SetHistory(int, time.Duration) error {
+	return fmt.Errorf("refused")
+}
 func (r refusingTarget) SetTimeout(time.Duration, bool) error {
 	if r.ignore {
 		return nil

@@ -1,0 +1,646 @@
+package channels
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
+	"github.com/cometop/comet-operator/cometserver/engine/memory"
+	"github.com/cometop/comet-operator/test/bounded"
+)
+
+func ptr(n int) *int { return &n }
+
+// testHub is a Hub over the in-memory engine, with the engine's own
+// methods called as the tests of one process need them.
+type testHub struct {
+	*Hub
+	eng *memory.Engine
+}
+
+func newTestHub(l engine.Limits) testHub {
+	eng := memory.New(l)
+	return testHub{Hub: New(eng), eng: eng}
+}
+
+var bg = context.Background()
+
+func (r testHub) Stop()                              { r.eng.Stop() }
+func (r testHub) Create(name string) (string, error) { return r.Hub.Create(bg, name) }
+func (r testHub) Close(id string) error              { return r.Hub.Close(bg, id) }
+func (r testHub) Info(id string) (Info, error)       { return r.Hub.Info(bg, id) }
+func (r testHub) Len() int                           { n, _ := r.Hub.Len(bg); return n }
+
+func (r testHub) Write(ctx context.Context, id string, msg []byte) (Outcome, error) {
+	out, _, err := r.Hub.Write(ctx, id, msg)
+	return out, err
+}
+
+// Subscribe subscribes without resuming; the in-memory engine cannot fail.
+func (r testHub) Subscribe(ids []string) (*Waiter, []string) {
+	w, ended, err := r.Hub.Subscribe(bg, ids, nil)
+	if err != nil {
+		panic(err)
+	}
+	return w, ended
+}
+
+// writeNow writes without waiting for the outcome: the broadcast happens
+// before Write looks at its context (with nobody listening the outcome is
+// known at once, and either may come back).
+func writeNow(t *testing.T, r testHub, id, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.Write(ctx, id, []byte(msg)); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("write %q to %s: %v", msg, id, err)
+	}
+}
+
+func TestWaiterGathersEverythingUntilDetach(t *testing.T) {
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("a")
+	r.Create("b")
+	w, ended := r.Subscribe([]string{"x", "a", "y", "b"})
+	if strings.Join(ended, ",") != "x,y" || !w.Subscribed() {
+		t.Fatalf("ended = %q", ended)
+	}
+	writeNow(t, r, "b", "1")
+	writeNow(t, r, "a", "2")
+	writeNow(t, r, "b", "3")
+	r.Close("a")
+	select {
+	case <-w.Ready():
+	default:
+		t.Fatal("not ready after writes")
+	}
+	events := w.Detach()
+	var got []string
+	for _, ev := range events {
+		if ev.Ended {
+			got = append(got, ev.ID+":END")
+		} else {
+			got = append(got, ev.ID+":"+string(ev.Payload))
+		}
+	}
+	if want := "b:1 a:2 b:3 a:END"; strings.Join(got, " ") != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	Resolve(events, true)
+	if out, err := r.Write(context.Background(), "b", []byte("late")); err != nil || !out.NoListener() {
+		t.Fatalf("a detached waiter still listens: %+v, %v", out, err)
+	}
+	if info, _ := r.Info("b"); info.Listeners != 0 {
+		t.Fatalf("listeners after detach = %d", info.Listeners)
+	}
+}
+
+func TestWriteOutcome(t *testing.T) {
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("c")
+	if out, err := r.Write(context.Background(), "c", []byte("m")); err != nil || !out.NoListener() {
+		t.Fatalf("nobody waiting: %+v, %v", out, err)
+	}
+	var waiters []*Waiter
+	for range 3 {
+		w, _ := r.Subscribe([]string{"c"})
+		waiters = append(waiters, w)
+	}
+	if info, _ := r.Info("c"); info.Listeners != 3 {
+		t.Fatalf("listeners = %d, want 3", info.Listeners)
+	}
+	done := make(chan Outcome)
+	go func() {
+		out, err := r.Write(context.Background(), "c", []byte("m"))
+		if err != nil {
+			t.Error(err)
+		}
+		done <- out
+	}()
+	for i, w := range waiters {
+		<-w.Ready()
+		Resolve(w.Detach(), i != 1) // the second reply fails
+	}
+	if out := <-done; out != (Outcome{Delivered: 2, Failed: 1}) {
+		t.Fatalf("outcome %+v, want 2 delivered, 1 failed", out)
+	}
+}
+
+func TestWriteErrors(t *testing.T) {
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("c")
+	if _, err := r.Write(context.Background(), "c", []byte("ENDED_CHANNEL")); !errors.Is(err, ErrReservedMessage) {
+		t.Fatalf("reserved message: %v", err)
+	}
+	if _, err := r.Write(context.Background(), "c", []byte("ENDED_CHANNEL ")); err != nil {
+		t.Fatalf("only the exact marker is reserved: %v", err)
+	}
+	for _, op := range []func() error{
+		func() error { _, err := r.Write(context.Background(), "nope", nil); return err },
+		func() error { return r.Close("nope") },
+		func() error { _, err := r.Info("nope"); return err },
+	} {
+		if err := op(); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("unknown channel: %v, want ErrNotFound", err)
+		}
+	}
+	r.Close("c")
+	if err := r.Close("c"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("double close: %v", err)
+	}
+	if w, ended := r.Subscribe([]string{"c"}); w.Subscribed() || len(ended) != 1 {
+		t.Fatal("a closed channel is ended for later subscribers")
+	}
+}
+
+// Writers, closers and waiters race; run with -race. Every write's outcome
+// adds up to what its waiters resolved: across all writes, the deliveries
+// counted equal the messages the waiters took, and nothing failed.
+func TestConcurrentUse(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	r := newTestHub(engine.Limits{MaxVirtualChannels: ptr(50)})
+	defer r.Stop()
+	var (
+		wg, writers      sync.WaitGroup
+		mu               sync.Mutex
+		delivered, taken int
+		problems         []string
+	)
+	problem := func(format string, a ...any) {
+		mu.Lock()
+		problems = append(problems, fmt.Sprintf(format, a...))
+		mu.Unlock()
+	}
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				name := fmt.Sprint("c", (g*7+i)%20)
+				if _, err := r.Create(name); err != nil && !errors.Is(err, ErrNameTaken) {
+					problem("create %s: %v", name, err)
+				}
+				w, _ := r.Subscribe([]string{name, "c3"})
+				writers.Add(1)
+				go func() {
+					defer writers.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					out, err := r.Write(ctx, name, []byte("m"))
+					switch {
+					case errors.Is(err, ErrNotFound): // closed meanwhile
+					case err != nil:
+						problem("write %s: %v", name, err)
+					case out.Failed != 0:
+						problem("write %s: %+v, nothing should fail", name, out)
+					default:
+						mu.Lock()
+						delivered += out.Delivered
+						mu.Unlock()
+					}
+				}()
+				if i%5 == 0 {
+					r.Close(name)
+				}
+				select {
+				case <-w.Ready():
+				case <-time.After(time.Millisecond):
+				}
+				events := w.Detach()
+				n := 0
+				for _, ev := range events {
+					if !ev.Ended {
+						n++
+					}
+				}
+				mu.Lock()
+				taken += n
+				mu.Unlock()
+				Resolve(events, true)
+			}
+		}()
+	}
+	wg.Wait()
+	writers.Wait()
+	if len(problems) > 0 {
+		t.Fatalf("%d problems, the first: %s", len(problems), problems[0])
+	}
+	if delivered != taken {
+		t.Fatalf("writes counted %d deliveries, waiters took %d messages", delivered, taken)
+	}
+	if taken == 0 {
+		t.Fatal("no message reached a waiter: the test proves nothing")
+	}
+	for i := range 20 {
+		if info, err := r.Info(fmt.Sprint("c", i)); err == nil && info.Listeners != 0 {
+			t.Fatalf("channel c%d keeps %d listeners", i, info.Listeners)
+		}
+	}
+}
+
+// BenchmarkBroadcast10000 writes one message to 10,000 waiting requests and
+// waits until each has taken and resolved it, as their handlers would.
+func BenchmarkBroadcast10000(b *testing.B) {
+	const n = 10000
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("c")
+	msg := []byte(`{"price":42}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		waiters := make([]*Waiter, n)
+		for i := range waiters {
+			waiters[i], _ = r.Subscribe([]string{"c"})
+		}
+		var wg sync.WaitGroup
+		for _, part := range [][]*Waiter{waiters[:n/2], waiters[n/2:]} { // one resolver per core
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for _, w := range part {
+					<-w.Ready()
+					Resolve(w.Detach(), true)
+				}
+			}()
+		}
+		b.StartTimer()
+		out, err := r.Write(context.Background(), "c", msg)
+		if err != nil || out.Delivered != n {
+			b.Fatalf("outcome %+v, %v", out, err)
+		}
+		wg.Wait()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/waiter")
+}
+
+// A write waits for its waiters' replies only until its context ends: a
+// publisher that hangs up does not hold the write.
+func TestWriteStopsWaitingWhenItsContextEnds(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("c")
+	w, _ := r.Subscribe([]string{"c"})
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		out Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := r.Write(ctx, "c", []byte("m"))
+		done <- result{out, err}
+	}()
+	bounded.Recv(t, "the message at its waiter", 5*time.Second, w.Ready())
+	if !bounded.Quiet(done, 50*time.Millisecond) {
+		t.Fatal("the write returned before its waiter resolved")
+	}
+	cancel()
+	res := bounded.Recv(t, "the write to return once its context ended", 5*time.Second, done)
+	if !errors.Is(res.err, context.Canceled) || !res.out.NoListener() {
+		t.Fatalf("write: %+v, %v; want context.Canceled and nothing resolved yet", res.out, res.err)
+	}
+	Resolve(w.Detach(), true)
+}
+
+// Info counts the requests waiting on a channel now; Subscribe returns the
+// unknown ids in the order given.
+func TestInfoAndSubscribeOrder(t *testing.T) {
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("c")
+	var ws []*Waiter
+	for i := range 3 {
+		w, ended := r.Subscribe([]string{"z", "c", "y", "x"})
+		if strings.Join(ended, ",") != "z,y,x" {
+			t.Fatalf("ended %q", ended)
+		}
+		ws = append(ws, w)
+		if info, err := r.Info("c"); err != nil || info.ID != "c" || info.Listeners != i+1 {
+			t.Fatalf("info %+v, %v", info, err)
+		}
+	}
+	for i, w := range ws {
+		w.Detach()
+		if info, _ := r.Info("c"); info.Listeners != 2-i {
+			t.Fatalf("after %d detached: %d listeners", i+1, info.Listeners)
+		}
+	}
+	if (Outcome{Failed: 1}).NoListener() || (Outcome{Delivered: 1}).NoListener() || !(Outcome{}).NoListener() {
+		t.Fatal("NoListener")
+	}
+}
+
+// events renders a waiter's events as "id:payload@offset" and "id:END".
+func render(events []Event) string {
+	var out []string
+	for _, ev := range events {
+		if ev.Ended {
+			out = append(out, ev.ID+":END")
+		} else {
+			out = append(out, fmt.Sprintf("%s:%s@%d", ev.ID, ev.Payload, ev.Pos.Offset))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// publishing is an engine that publishes one message on the channel whose
+// history is read, just before or just after reading it: a write that
+// lands while a resuming subscription merges.
+type publishing struct {
+	engine.Engine
+	t     *testing.T
+	after bool
+	done  chan Outcome
+	hub   *Hub
+}
+
+func (p *publishing) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	write := func() {
+		go func() { // Write waits for the outcome, which the waiter resolves later
+			out, _, err := p.hub.Write(bg, id, []byte("during"))
+			if err != nil {
+				panic(err)
+			}
+			p.done <- out
+		}()
+		bounded.Wait(p.t, "the message in the engine", 5*time.Second, func() bool { // until the engine has it
+			info, err := p.Engine.Info(ctx, id)
+			return err == nil && info.Position.Offset == 2
+		})
+	}
+	if !p.after {
+		write()
+	}
+	h, err := p.Engine.History(ctx, id, since)
+	if p.after {
+		write()
+	}
+	return h, err
+}
+
+// A message written while a resuming subscription reads the history
+// reaches it once, whether the history has it or not; and its write does
+// not wait for a reply that will carry it from the history.
+func TestResumeMergesLiveAndHistoryOnce(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	for _, after := range []bool{false, true} {
+		eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+		p := &publishing{Engine: eng, t: t, after: after, done: make(chan Outcome, 1)}
+		h := New(p)
+		p.hub = h
+		h.Create(bg, "c")
+		_, pos1, _ := h.Write(bg, "c", []byte("first"))
+		w, ended, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": {Epoch: pos1.Epoch}}})
+		if err != nil || len(ended) != 0 {
+			t.Fatal(ended, err)
+		}
+		bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
+		events := w.Detach()
+		if got := render(events); got != "c:first@1 c:during@2" {
+			t.Errorf("after=%v: events %q, want each message once, in order", after, got)
+		}
+		Resolve(events, true)
+		out := bounded.Recv(t, "the write's outcome", 5*time.Second, p.done)
+		if after && out != (Outcome{Delivered: 1}) || !after && !out.NoListener() {
+			t.Errorf("after=%v: outcome %+v", after, out)
+		}
+		if pos, gap, ok := w.Cursor("c"); !ok || gap || pos.Offset != 2 {
+			t.Errorf("after=%v: cursor %v %v %v, want offset 2, no gap", after, pos, gap, ok)
+		}
+		eng.Stop()
+	}
+}
+
+// A resuming subscription's cursors: a channel without a position starts
+// at the top; one with a position gets the history after it; a gap is
+// kept; a channel not live has none.
+func TestResumeCursors(t *testing.T) {
+	r := newTestHub(engine.Limits{HistorySize: 2, HistoryTTL: time.Minute})
+	defer r.Stop()
+	r.Create("a")
+	r.Create("b")
+	for range 3 {
+		r.Write(bg, "a", []byte("m"))
+		r.Write(bg, "b", []byte("m"))
+	}
+	ia, _ := r.Info("a")
+	top, _ := engine.ParsePosition(ia.Position)
+	w, ended, err := r.Hub.Subscribe(bg, []string{"a", "b", "x"}, &Resume{From: map[string]engine.Position{"b": {Offset: 0, Epoch: top.Epoch}}})
+	if err != nil || strings.Join(ended, ",") != "x" {
+		t.Fatal(ended, err)
+	}
+	events := w.Detach()
+	if got := render(events); got != "b:m@2 b:m@3" {
+		t.Fatalf("events %q", got)
+	}
+	if pos, gap, ok := w.Cursor("a"); !ok || gap || pos != top {
+		t.Fatalf("a: %v %v %v, want the top %v", pos, gap, ok, top)
+	}
+	if pos, gap, ok := w.Cursor("b"); !ok || !gap || pos.Offset != 3 {
+		t.Fatalf("b: %v %v %v, want offset 3 and a gap (b's epoch differs from a's, and 1 is trimmed)", pos, gap, ok)
+	}
+	if _, _, ok := w.Cursor("x"); ok {
+		t.Fatal("an ended channel has a cursor")
+	}
+	// A waiter that does not resume has no cursor.
+	w2, _ := r.Subscribe([]string{"a"})
+	w2.Detach()
+	if _, _, ok := w2.Cursor("a"); ok {
+		t.Fatal("a waiter that does not resume has a cursor")
+	}
+}
+
+// With the history off, a message that came live while a resuming
+// subscription merged is kept, and no gap is said for a client that was
+// at the top.
+func TestResumeKeepsLiveMessagesTheHistoryLacks(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := memory.New(engine.Limits{})
+	defer eng.Stop()
+	p := &publishing{Engine: eng, t: t, done: make(chan Outcome, 1)}
+	h := New(p)
+	p.hub = h
+	h.Create(bg, "c")
+	_, pos1, _ := h.Write(bg, "c", []byte("first"))
+	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
+	events := w.Detach()
+	if got := render(events); got != "c:during@2" {
+		t.Fatalf("events %q, want the live message", got)
+	}
+	Resolve(events, true)
+	if out := bounded.Recv(t, "the outcome", 5*time.Second, p.done); out != (Outcome{Delivered: 1}) {
+		t.Fatalf("outcome %+v", out)
+	}
+	if pos, gap, ok := w.Cursor("c"); !ok || gap || pos.Offset != 2 {
+		t.Fatalf("cursor %v %v %v, want 2 without a gap", pos, gap, ok)
+	}
+}
+
+// A channel without a position starts where the waiter joined it: what
+// is written after comes, what was before does not, and the cursor is the
+// join position until then.
+func TestResumeWithoutPositionStartsAtTheJoin(t *testing.T) {
+	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer r.Stop()
+	r.Create("c")
+	r.Write(bg, "c", []byte("before"))
+	w, _, err := r.Hub.Subscribe(bg, []string{"c"}, &Resume{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.Ready():
+		t.Fatal("ready with nothing written since the join")
+	default:
+	}
+	writeNow(t, r, "c", "after")
+	events := w.Detach()
+	if got := render(events); got != "c:after@2" {
+		t.Fatalf("events %q", got)
+	}
+	if pos, gap, ok := w.Cursor("c"); !ok || gap || pos.Offset != 2 {
+		t.Fatalf("cursor %v %v %v", pos, gap, ok)
+	}
+	Resolve(events, true)
+}
+
+// The end of an earlier channel of the same name does not end the new
+// one's waiters; the new one's does.
+func TestEndOfAnEarlierChannelIsIgnored(t *testing.T) {
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("c")
+	old, _ := r.Info("c")
+	r.Close("c")
+	r.Create("c")
+	w, _ := r.Subscribe([]string{"c"})
+	oldEpoch := strings.SplitN(old.Position, ".", 2)[1]
+	r.Hub.HandleEnd("c", oldEpoch)
+	select {
+	case <-w.Ready():
+		t.Fatal("the end of the earlier channel reached the new one's waiter")
+	default:
+	}
+	writeNow(t, r, "c", "m")
+	r.Close("c")
+	if got := render(w.Detach()); got != "c:m@1 c:END" {
+		t.Fatalf("events %q", got)
+	}
+}
+
+// failingHistory fails the history read of the channel "bad", after a
+// write to "good" has reached its waiters.
+type failingHistory struct {
+	engine.Engine
+	t    *testing.T
+	hub  *Hub
+	done chan Outcome
+}
+
+func (f *failingHistory) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	if id != "bad" {
+		return f.Engine.History(ctx, id, since)
+	}
+	go func() {
+		out, _, _ := f.hub.Write(bg, "good", []byte("m"))
+		f.done <- out
+	}()
+	bounded.Wait(f.t, "the write to good", 5*time.Second, func() bool {
+		info, err := f.Engine.Info(ctx, "good")
+		return err == nil && info.Position.Offset == 1
+	})
+	return engine.History{}, errors.New("engine down")
+}
+
+// A subscription that fails leaves nothing subscribed, and resolves what
+// it had gathered: a write to it does not wait for a reply that will
+// never come.
+func TestFailedSubscribeResolvesWhatItGathered(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer eng.Stop()
+	f := &failingHistory{Engine: eng, t: t, done: make(chan Outcome, 1)}
+	h := New(f)
+	f.hub = h
+	h.Create(bg, "good")
+	h.Create(bg, "bad")
+	bad, _ := h.Info(bg, "bad")
+	since, _ := engine.ParsePosition(bad.Position)
+	_, _, err := h.Subscribe(bg, []string{"good", "bad"}, &Resume{From: map[string]engine.Position{"bad": since}})
+	if err == nil || !strings.Contains(err.Error(), "engine down") {
+		t.Fatalf("subscribe: %v", err)
+	}
+	if out := bounded.Recv(t, "the write's outcome", 5*time.Second, f.done); out != (Outcome{Failed: 1}) {
+		t.Fatalf("outcome %+v, want the gathered message failed", out)
+	}
+	if info, _ := h.Info(bg, "good"); info.Listeners != 0 {
+		t.Fatalf("%d listeners left", info.Listeners)
+	}
+}
+
+// A reply replays at most MaxReplayBytes of history (and at least one
+// message); the next poll, from the cursors, gets the rest: every message
+// once, no gap.
+func TestReplayBudget(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	r := newTestHub(engine.Limits{HistorySize: 100, HistoryTTL: time.Minute})
+	defer r.Stop()
+	ids := []string{"a", "b", "c"}
+	from := map[string]engine.Position{}
+	msg := strings.Repeat("x", 8<<10)
+	for _, id := range ids {
+		r.Create(id)
+		i, _ := r.Info(id)
+		p, _ := engine.ParsePosition(i.Position)
+		from[id] = p
+		for n := range 100 {
+			r.Write(bg, id, []byte(fmt.Sprintf("%s%03d%s", id, n, msg)))
+		}
+	}
+	got := map[string]int{}
+	for poll := 0; poll < 10 && len(got) < 3 || got["a"]+got["b"]+got["c"] < 300; poll++ {
+		w, _, err := r.Hub.Subscribe(bg, ids, &Resume{From: from})
+		if err != nil {
+			t.Fatal(err)
+		}
+		events := w.Detach()
+		size := 0
+		for _, ev := range events {
+			size += len(ev.Payload)
+			if want := fmt.Sprintf("%s%03d", ev.ID, got[ev.ID]); string(ev.Payload[:4]) != want {
+				t.Fatalf("poll %d: %q, want %q next", poll, ev.Payload[:4], want)
+			}
+			got[ev.ID]++
+		}
+		if size > MaxReplayBytes+len(msg)+4 {
+			t.Fatalf("poll %d replayed %d bytes", poll, size)
+		}
+		for _, id := range ids {
+			pos, gap, ok := w.Cursor(id)
+			if !ok || gap {
+				t.Fatalf("poll %d: cursor of %s %v %v %v", poll, id, pos, gap, ok)
+			}
+			from[id] = pos
+		}
+		if poll > 5 {
+			t.Fatalf("%d polls and still %v", poll, got)
+		}
+	}
+	if got["a"] != 100 || got["b"] != 100 || got["c"] != 100 {
+		t.Fatalf("got %v, want 100 each", got)
+	}
+}
