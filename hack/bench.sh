@@ -5,11 +5,11 @@
 # A benchmark, not a test: it takes about 10 minutes and loads the machine.
 #
 #   hack/bench.sh                 # all three servers
-#   SERVERS=comet,nchan hack/bench.sh
+#   SERVERS=comet,nchan hack/bench.sh  # comet-nohistory, comet-resume: the comet server with history off, with resuming clients
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVERS=${SERVERS:-comet,nchan,pushpin}
+SERVERS=${SERVERS:-comet,comet-nohistory,comet-resume,nchan,pushpin}
 packages=()
 [[ $SERVERS == *nchan* ]] && packages+=(nginx-light libnginx-mod-nchan)
 [[ $SERVERS == *pushpin* ]] && packages+=(pushpin zurl)

@@ -13,6 +13,8 @@ cache=$(go env GOCACHE)/fuzz
 targets=(
 	cometserver/wire:FuzzParseRegistration
 	cometserver/wire:FuzzPayload
+	cometserver/wire:FuzzParseResume
+	cometserver/engine:FuzzParsePosition
 	cometserver/admin:FuzzParse
 	cometserver/admin:FuzzParseSeconds
 	cometserver/longpoll:FuzzDifferential

@@ -22,7 +22,7 @@ cd "$root"
 # only its pure-function tests (COMET_PURE_TESTS=1 skips the envtest suite,
 # whose minute-long start per mutant would make a run take hours; the
 # reconcile loop itself is then uncovered and not counted).
-packages=(cometserver/wire cometserver/channels cometserver/security cometserver/config
+packages=(cometserver/wire cometserver/engine cometserver/engine/memory cometserver/channels cometserver/security cometserver/config
 	cometserver/admin cometserver/ctl cometserver/publisher cometserver/longpoll controllers)
 
 if [ "${1:-}" = --changed ]; then

@@ -141,23 +141,30 @@ type server interface {
 	Channels(n int) ([]string, error)
 	Publish(hc *http.Client, channel, body string) error
 	Held() (int, error) // long polls the server holds now
+	Resume() bool       // its clients resume (PROTOCOL.md section 7)
 	Stop()
 }
 
 func startServer(name, cometBin string) (server, error) {
 	switch name {
-	case "comet":
-		return startComet(cometBin)
+	case "comet": // defaults: history on, clients that do not resume (the seed's)
+		return startComet(cometBin, "cometserver", false)
+	case "comet-nohistory": // the server as it was before history
+		return startComet(cometBin, "cometserver, history off", false, "--history-size", "0")
+	case "comet-resume": // defaults, clients that resume
+		return startComet(cometBin, "cometserver, resuming", true)
 	case "nchan":
 		return startNchan()
 	case "pushpin":
 		return startPushpin()
 	}
-	return nil, fmt.Errorf("unknown server %q (comet, nchan, pushpin)", name)
+	return nil, fmt.Errorf("unknown server %q (comet, comet-nohistory, comet-resume, nchan, pushpin)", name)
 }
 
 // cometTarget is this project's server.
 type cometTarget struct {
+	name      string
+	resume    bool
 	cmd       *exec.Cmd
 	client    string // long-poll URL
 	publisher string
@@ -165,7 +172,8 @@ type cometTarget struct {
 	dir       string
 }
 
-func (t *cometTarget) Name() string     { return "cometserver" }
+func (t *cometTarget) Name() string     { return t.name }
+func (t *cometTarget) Resume() bool     { return t.resume }
 func (t *cometTarget) PID() int         { return t.cmd.Process.Pid }
 func (t *cometTarget) Protocol() string { return "comet" }
 func (t *cometTarget) URL() string      { return t.client }
@@ -232,7 +240,7 @@ func freeAddr() string {
 	return ln.Addr().String()
 }
 
-func startComet(bin string) (*cometTarget, error) {
+func startComet(bin, name string, resume bool, flags ...string) (*cometTarget, error) {
 	dir, err := os.MkdirTemp("", "cometbench")
 	if err != nil {
 		return nil, err
@@ -243,12 +251,13 @@ func startComet(bin string) (*cometTarget, error) {
 			return nil, fmt.Errorf("building cometserver: %v\n%s", err, out)
 		}
 	}
-	t := &cometTarget{socket: filepath.Join(dir, "admin.sock"), dir: dir}
+	t := &cometTarget{name: name, resume: resume, socket: filepath.Join(dir, "admin.sock"), dir: dir}
 	listen, pub := freeAddr(), freeAddr()
 	t.client, t.publisher = "http://"+listen+"/comet", "http://"+pub
 	t.cmd = exec.Command(bin, "serve", "--listen", listen, "--publisher-listen", pub,
 		"--admin-socket", t.socket, "--timeout", "1h", "--log-level", "error", "--read-header-timeout", "60s",
 		"--pprof="+strconv.FormatBool(profileFile != ""))
+	t.cmd.Args = append(t.cmd.Args, flags...)
 	t.cmd.Stderr = os.Stderr
 	if err := t.cmd.Start(); err != nil {
 		return nil, err
@@ -339,7 +348,8 @@ func startWorkers(srv server, channels []string, clients int, abortMean time.Dur
 			w.stop()
 			return nil, err
 		}
-		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: srv.URL(), Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i), AbortMean: abortMean})
+		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: srv.URL(), Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i),
+			AbortMean: abortMean, Resume: srv.Resume()})
 		fmt.Fprintf(in, "%s\n", j)
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 1<<20), 1<<30)
@@ -364,6 +374,17 @@ func (w *workers) report() (report, error) {
 		total.Deliveries += r.Deliveries
 		total.Errors += r.Errors
 		total.Aborts += r.Aborts
+		total.Lost += r.Lost
+		total.Duplicated += r.Duplicated
+		for ch, t := range r.Tails {
+			if total.Tails == nil {
+				total.Tails = map[string]tail{}
+			}
+			sum := total.Tails[ch]
+			sum.Clients += t.Clients
+			sum.LastSum += t.LastSum
+			total.Tails[ch] = sum
+		}
 		for _, e := range r.Samples {
 			fmt.Fprintf(os.Stderr, "cometbench: %s: a client error: %s\n", w.server, e)
 		}

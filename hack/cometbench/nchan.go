@@ -59,6 +59,8 @@ func (t *nchanTarget) Stop()            { stopProcess(t.cmd); os.RemoveAll(t.dir
 // Channels names them: Nchan makes a channel on its first use.
 func (t *nchanTarget) Channels(n int) ([]string, error) { return channelNames(n), nil }
 
+func (t *nchanTarget) Resume() bool { return false }
+
 func (t *nchanTarget) Publish(hc *http.Client, channel, body string) error {
 	return post(hc, t.base+"/pub/"+channel, body, http.StatusCreated, http.StatusAccepted)
 }

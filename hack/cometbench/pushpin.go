@@ -127,6 +127,8 @@ func (t *pushpinTarget) Channels(n int) ([]string, error) { return channelNames(
 // publish, one per waiting client.
 func (t *pushpinTarget) Held() (int, error) { return int(t.holds.Load()), nil }
 
+func (t *pushpinTarget) Resume() bool { return false }
+
 func (t *pushpinTarget) Publish(hc *http.Client, channel, body string) error {
 	item := map[string]any{"items": []any{map[string]any{
 		"channel": channel,

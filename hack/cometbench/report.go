@@ -128,7 +128,8 @@ func (d *reportData) write() error {
 	}
 	var page bytes.Buffer
 	t := template.Must(template.New("page").Funcs(template.FuncMap{
-		"thousands": func(n int) string { return thousands(int64(n)) },
+		"thousands":   func(n int) string { return thousands(int64(n)) },
+		"thousands64": thousands,
 	}).Parse(reportTemplate))
 	if err := t.Execute(&page, *d); err != nil {
 		return err
@@ -205,6 +206,7 @@ func targets(hold []holdRow, fan []fanoutResult) []target {
 			case r.Waiting != n:
 			case r.Server == "cometserver":
 				mine = r.PerRequestKiB
+			case variant(r.Server): // the comet server in another setting: not a peer
 			case r.Errors == 0 && (bestName == "" || r.PerRequestKiB < best):
 				best, bestName = r.PerRequestKiB, r.Server
 			}
@@ -241,6 +243,7 @@ func halfLoadTarget(comet fanoutResult, fan []fanoutResult) target {
 			case s.Rate != half:
 			case f.Server == "cometserver":
 				mine = s.P99
+			case variant(f.Server):
 			case s.Errors == 0 && (bestName == "" || s.P99 < best):
 				best, bestName = s.P99, f.Server
 			}
@@ -254,6 +257,10 @@ func halfLoadTarget(comet fanoutResult, fan []fanoutResult) target {
 	t.Met = mine <= best
 	return t
 }
+
+// variant reports whether a server's name is the comet server's in a
+// setting other than its defaults ("cometserver, history off").
+func variant(name string) bool { return strings.HasPrefix(name, "cometserver, ") }
 
 func distinct(rows []holdRow) []int {
 	var out []int

@@ -144,7 +144,8 @@ type fanoutResult struct {
 	Server                string
 	Channels, Subscribers int
 	Steps                 []stepRow
-	Sustained             int // deliveries/s at the highest rate with p99 under 100 ms and no error
+	Sustained             int   // deliveries/s at the highest rate with p99 under 100 ms and no error
+	Lost, Duplicated      int64 // over every step, counted by the clients
 }
 
 const stepHeader = "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU | generator CPU |\n|---|---|---|---|---|---|---|---|\n"
@@ -165,6 +166,8 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 	defer run.tearDown()
 	srv, w, channels := run.srv, run.w, run.channels
 	res.Server = srv.Name()
+	pub := newPublisher(srv, channels)
+	var last report
 	fmt.Fprintf(progress, "\n%s, %d channels x %d waiting subscribers:\n\n%s", srv.Name(), channelCount, subscribers, stepHeader)
 	for _, rate := range rates {
 		meter := run.startCPU()
@@ -173,7 +176,7 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 			profiled = make(chan error, 1)
 			go func() { profiled <- c.profile(step - time.Second) }()
 		}
-		publishErrors := publish(srv, channels, rate, step)
+		publishErrors := pub.run(rate, step)
 		if profiled != nil {
 			if err := <-profiled; err != nil {
 				return res, fmt.Errorf("profile: %w", err)
@@ -185,6 +188,9 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 		if err != nil {
 			return res, err
 		}
+		last = r
+		res.Lost += r.Lost
+		res.Duplicated += r.Duplicated
 		p50, p99, mx := summarize(r.Latencies)
 		row := stepRow{Rate: rate, DeliveriesPerSec: float64(r.Deliveries) / step.Seconds(), P50: p50, P99: p99, Max: mx,
 			Errors: r.Errors + publishErrors, ServerCPU: serverCPU, GeneratorCPU: generatorCPU}
@@ -194,6 +200,7 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 			res.Sustained = int(row.DeliveriesPerSec)
 		}
 	}
+	res.Lost += pub.tailLost(last.Tails)
 	return res, nil
 }
 
@@ -213,13 +220,15 @@ type churnRow struct {
 	ServerCPU, GeneratorCPU        float64
 	HeldAfter                      string // polls the server still holds once every client left
 	RSSAfterKiB, IdleKiB           int64
+	Lost, Duplicated               int64 // counted by the clients
 }
 
-const churnHeader = "| server | clients | publishes/s | deliveries/s | hang-ups/s | p50 | p99 | errors | server CPU | generator CPU | held after | RSS idle / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+const churnHeader = "| server | clients | publishes/s | deliveries/s | hang-ups/s | lost | duplicated | p50 | p99 | errors | server CPU | generator CPU | held after | RSS idle / after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 
 func (r churnRow) Markdown() string {
-	return fmt.Sprintf("| %s | %s | %d | %s | %s | %s | %s | %s | %.0f%% | %.0f%% | %s | %s / %s KiB |\n",
+	return fmt.Sprintf("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %.0f%% | %.0f%% | %s | %s / %s KiB |\n",
 		r.Server, thousands(int64(r.Clients)), r.Rate, thousands(int64(r.DeliveriesPerSec)), thousands(int64(r.AbortsPerSec)),
+		thousands(r.Lost), thousands(r.Duplicated),
 		ms(r.P50), ms(r.P99), thousands(r.Errors), r.ServerCPU, r.GeneratorCPU, r.HeldAfter, thousands(r.IdleKiB), thousands(r.RSSAfterKiB))
 }
 
@@ -236,8 +245,10 @@ func churn(name, cometBin string, p churnParams) (churnRow, error) {
 	defer run.srv.Stop()
 	row.Server, row.IdleKiB = run.srv.Name(), run.idle
 	meter := run.startCPU()
-	publishErrors := publish(run.srv, run.channels, p.Rate, p.Duration)
+	pub := newPublisher(run.srv, run.channels)
+	publishErrors := pub.run(p.Rate, p.Duration)
 	row.ServerCPU, row.GeneratorCPU = meter.stop()
+	time.Sleep(time.Second) // let the last replies land before counting what was lost
 	r, err := run.w.report()
 	if err != nil {
 		run.w.stop()
@@ -247,6 +258,7 @@ func churn(name, cometBin string, p churnParams) (churnRow, error) {
 	row.AbortsPerSec = float64(r.Aborts) / p.Duration.Seconds()
 	row.P50, row.P99, _ = summarize(r.Latencies)
 	row.Errors = r.Errors + publishErrors
+	row.Lost, row.Duplicated = r.Lost+pub.tailLost(r.Tails), r.Duplicated
 
 	run.w.stop()
 	row.HeldAfter = "n/a" // Pushpin's count is of holds asked for, not held now
@@ -294,13 +306,28 @@ func (t *cometTarget) goroutines() (int, error) {
 	return 0, fmt.Errorf("no go_goroutines in %s/metrics", t.publisher)
 }
 
-// publish sends rate messages a second for d, round-robin over channels,
-// each carrying its publish time, from a pool of concurrent publishers
-// (a write waits for its outcome).
-func publish(srv server, channels []string, rate int, d time.Duration) int64 {
+// publisher sends messages that carry their channel's sequence number.
+// The messages of one channel go one at a time, so that their sequence is
+// their order on the server and a client can count what it lost or got
+// twice.
+type publisher struct {
+	srv      server
+	channels []string
+	mu       []sync.Mutex
+	seq      []int64 // per channel: the last one sent, guarded by mu
+}
+
+func newPublisher(srv server, channels []string) *publisher {
+	return &publisher{srv: srv, channels: channels, mu: make([]sync.Mutex, len(channels)), seq: make([]int64, len(channels))}
+}
+
+// run sends rate messages a second for d, round-robin over the channels,
+// each carrying its publish time, from a pool of concurrent publishers (a
+// write waits for its outcome). It returns the number of failed publishes.
+func (p *publisher) run(rate int, d time.Duration) int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	jobs := make(chan string, 1024)
+	jobs := make(chan int, 1024)
 	var errs atomic.Int64
 	var wg sync.WaitGroup
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -309,9 +336,13 @@ func publish(srv server, channels []string, rate int, d time.Duration) int64 {
 		go func() {
 			defer wg.Done()
 			for ch := range jobs {
-				if err := srv.Publish(hc, ch, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+				p.mu[ch].Lock()
+				p.seq[ch]++
+				if err := p.srv.Publish(hc, p.channels[ch], payload(p.seq[ch], time.Now())); err != nil {
+					p.seq[ch]-- // not published: the next message takes its number
 					errs.Add(1)
 				}
+				p.mu[ch].Unlock()
 			}
 		}()
 	}
@@ -323,7 +354,7 @@ func publish(srv server, channels []string, rate int, d time.Duration) int64 {
 		due := int(float64(rate) * time.Since(start).Seconds())
 		for ; sent < due; sent++ {
 			select {
-			case jobs <- channels[i%len(channels)]:
+			case jobs <- i % len(p.channels):
 				i++
 			case <-ctx.Done():
 			}
@@ -332,6 +363,17 @@ func publish(srv server, channels []string, rate int, d time.Duration) int64 {
 	close(jobs)
 	wg.Wait()
 	return errs.Load()
+}
+
+// tailLost is what the clients of tails did not get after their last
+// message: each should have got up to its channel's last sequence number.
+func (p *publisher) tailLost(tails map[string]tail) int64 {
+	var lost int64
+	for i, ch := range p.channels {
+		t := tails[ch]
+		lost += t.Clients*p.seq[i] - t.LastSum
+	}
+	return lost
 }
 
 // thousands formats n with comma separators, as the tables do.

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +36,9 @@ type job struct {
 	// AbortMean, when set, makes each poll hang up after an exponentially
 	// distributed time of this mean, unless answered first (churn).
 	AbortMean time.Duration `json:"abort_mean"`
+	// Resume makes comet clients resume from the positions of their last
+	// reply (PROTOCOL.md section 7).
+	Resume bool `json:"resume"`
 }
 
 // report is what a worker answers to "report": counts since the last one.
@@ -45,6 +49,20 @@ type report struct {
 	Aborts     int64     `json:"aborts"`            // polls the client hung up on mid-wait
 	Latencies  []float64 `json:"latencies_ms"`      // publish to read, one per delivery
 	Samples    []string  `json:"samples,omitempty"` // the first few errors, to say what they were
+	// Each payload carries its channel's sequence number: a client counts,
+	// from the first message it gets, every one it skipped (Lost) or got
+	// again (Duplicated). Messages after its last are counted by the
+	// parent from Tails, which knows what was published.
+	Lost       int64           `json:"lost"`
+	Duplicated int64           `json:"duplicated"`
+	Tails      map[string]tail `json:"tails,omitempty"`
+}
+
+// tail sums, over a channel's clients that got a message, the sequence
+// number of the last one each got.
+type tail struct {
+	Clients int64 `json:"clients"`
+	LastSum int64 `json:"last_sum"`
 }
 
 // runWorker reads a job on stdin, starts its clients, and answers each
@@ -67,7 +85,7 @@ func runWorker() error {
 		MaxConnsPerHost:     0,
 		IdleConnTimeout:     time.Minute,
 	}}
-	var w worker
+	w := worker{last: make([]atomic.Int64, j.Clients), channels: j.Channels}
 	var wg sync.WaitGroup
 	// Clients start at a steady pace, not all in one burst: the figures are
 	// about holding and delivering, and a burst of thousands of connects
@@ -82,7 +100,7 @@ func runWorker() error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				w.client(ctx, newPoller(j.Protocol, hc, j.URL, j.Channels[i%len(j.Channels)]), j.AbortMean)
+				w.client(ctx, i, newPoller(j.Protocol, hc, j.URL, j.Channels[i%len(j.Channels)], j.Resume), j.AbortMean)
 			}()
 			select {
 			case <-pace.C:
@@ -123,6 +141,9 @@ func noPortAtBind(_, _ string, c syscall.RawConn) error {
 
 type worker struct {
 	waiting, deliveries, errors, aborts atomic.Int64
+	lost, duplicated                    atomic.Int64
+	last                                []atomic.Int64 // per client: the sequence number of its last message, 0 before one
+	channels                            []string       // client i polls channels[i % len]
 	mu                                  sync.Mutex
 	latencies                           []float64
 	samples                             []string
@@ -131,15 +152,17 @@ type worker struct {
 // poller sends one long poll and returns the messages of its reply.
 type poller func(ctx context.Context) ([][]byte, error)
 
-func newPoller(protocol string, hc *http.Client, url, channel string) poller {
+func newPoller(protocol string, hc *http.Client, url, channel string, resume bool) poller {
 	switch protocol {
 	case "nchan":
 		return nchanPoller(hc, url, channel)
 	case "pushpin":
 		return pushpinPoller(hc, url, channel)
 	}
+	c := &cometclient.Client{Endpoint: url, HTTP: hc, NoResume: !resume}
+	c.Add(channel)
 	return func(ctx context.Context) ([][]byte, error) {
-		r, err := cometclient.Poll(ctx, hc, url, channel)
+		r, err := c.Poll(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -148,7 +171,10 @@ func newPoller(protocol string, hc *http.Client, url, channel string) poller {
 		}
 		var msgs [][]byte
 		for _, m := range r.Messages {
-			if !m.Ended {
+			if m.Ended {
+				return nil, fmt.Errorf("channel %s ended", channel)
+			}
+			if !m.Gap { // a gap is counted from the sequence numbers
 				msgs = append(msgs, m.Data)
 			}
 		}
@@ -221,7 +247,7 @@ func pushpinPoller(hc *http.Client, base, channel string) poller {
 // publish time in Unix nanoseconds: one clock, one machine). With
 // abortMean it hangs up mid-wait at random; net/http then closes the
 // connection, and the next poll dials a new one.
-func (w *worker) client(ctx context.Context, poll poller, abortMean time.Duration) {
+func (w *worker) client(ctx context.Context, i int, poll poller, abortMean time.Duration) {
 	for ctx.Err() == nil {
 		pollCtx, cancel := ctx, context.CancelFunc(func() {})
 		if abortMean > 0 {
@@ -230,7 +256,10 @@ func (w *worker) client(ctx context.Context, poll poller, abortMean time.Duratio
 		w.waiting.Add(1)
 		msgs, err := poll(pollCtx)
 		w.waiting.Add(-1)
-		hungUp := pollCtx.Err() != nil && ctx.Err() == nil
+		// A hang-up is a poll that failed because its own deadline came;
+		// one whose reply arrived just before that counts as answered (a
+		// resuming client has already moved past its messages).
+		hungUp := err != nil && pollCtx.Err() != nil && ctx.Err() == nil
 		cancel()
 		now := time.Now().UnixNano()
 		if hungUp {
@@ -246,9 +275,18 @@ func (w *worker) client(ctx context.Context, poll poller, abortMean time.Duratio
 			continue
 		}
 		for _, m := range msgs {
-			sent, err := strconv.ParseInt(string(m), 10, 64)
-			if err != nil {
+			seq, sent, ok := parsePayload(m)
+			if !ok {
 				continue
+			}
+			switch last := w.last[i].Load(); {
+			case last == 0: // its first: counting starts here
+				w.last[i].Store(seq)
+			case seq <= last:
+				w.duplicated.Add(1)
+			default:
+				w.lost.Add(seq - last - 1)
+				w.last[i].Store(seq)
 			}
 			w.deliveries.Add(1)
 			w.mu.Lock()
@@ -272,6 +310,30 @@ func (w *worker) take() report {
 	lat, samples := w.latencies, w.samples
 	w.latencies, w.samples = nil, nil
 	w.mu.Unlock()
+	tails := map[string]tail{}
+	for i := range w.last {
+		if last := w.last[i].Load(); last > 0 {
+			ch := w.channels[i%len(w.channels)]
+			t := tails[ch]
+			t.Clients++
+			t.LastSum += last
+			tails[ch] = t
+		}
+	}
 	return report{Waiting: w.waiting.Load(), Deliveries: w.deliveries.Swap(0), Errors: w.errors.Swap(0),
-		Aborts: w.aborts.Swap(0), Latencies: lat, Samples: samples}
+		Aborts: w.aborts.Swap(0), Latencies: lat, Samples: samples,
+		Lost: w.lost.Swap(0), Duplicated: w.duplicated.Swap(0), Tails: tails}
+}
+
+// payload is what the publisher sends: the channel's sequence number (from
+// 1) and the publish time in Unix nanoseconds.
+func payload(seq int64, at time.Time) string {
+	return strconv.FormatInt(seq, 10) + " " + strconv.FormatInt(at.UnixNano(), 10)
+}
+
+func parsePayload(m []byte) (seq, sent int64, ok bool) {
+	a, b, found := strings.Cut(string(m), " ")
+	seq, err1 := strconv.ParseInt(a, 10, 64)
+	sent, err2 := strconv.ParseInt(b, 10, 64)
+	return seq, sent, found && err1 == nil && err2 == nil && seq > 0
 }
