@@ -200,8 +200,39 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 			res.Sustained = int(row.DeliveriesPerSec)
 		}
 	}
-	res.Lost += pub.tailLost(last.Tails)
+	// What is still on its way is not lost: wait until nothing more
+	// arrives before counting what never came.
+	r, err := w.settle()
+	if err != nil {
+		return res, err
+	}
+	if r.Tails != nil {
+		last = r
+	}
+	res.Lost += r.Lost + pub.tailLost(last.Tails)
+	res.Duplicated += r.Duplicated
 	return res, nil
+}
+
+// settle waits, for at most 10 seconds, until half a second passes with
+// no delivery, and returns what came meanwhile: the lost and duplicated
+// counts and the tails once the replies still under way have landed.
+func (w *workers) settle() (report, error) {
+	var total report
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(500 * time.Millisecond)
+		r, err := w.report()
+		if err != nil {
+			return total, err
+		}
+		total.Lost += r.Lost
+		total.Duplicated += r.Duplicated
+		total.Tails = r.Tails
+		if r.Deliveries == 0 {
+			break
+		}
+	}
+	return total, nil
 }
 
 // churnParams shape the churn scenario.
@@ -248,12 +279,19 @@ func churn(name, cometBin string, p churnParams) (churnRow, error) {
 	pub := newPublisher(run.srv, run.channels)
 	publishErrors := pub.run(p.Rate, p.Duration)
 	row.ServerCPU, row.GeneratorCPU = meter.stop()
-	time.Sleep(time.Second) // let the last replies land before counting what was lost
 	r, err := run.w.report()
 	if err != nil {
 		run.w.stop()
 		return row, err
 	}
+	tail, err := run.w.settle() // the last replies land before counting what was lost
+	if err != nil {
+		run.w.stop()
+		return row, err
+	}
+	r.Lost += tail.Lost
+	r.Duplicated += tail.Duplicated
+	r.Tails = tail.Tails
 	row.DeliveriesPerSec = float64(r.Deliveries) / p.Duration.Seconds()
 	row.AbortsPerSec = float64(r.Aborts) / p.Duration.Seconds()
 	row.P50, row.P99, _ = summarize(r.Latencies)
