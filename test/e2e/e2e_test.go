@@ -212,7 +212,12 @@ func (e endpoints) poll(ids ...string) (int, string, time.Duration, error) {
 	for _, id := range ids {
 		esc = append(esc, jsEscape(id))
 	}
-	req, _ := http.NewRequest("POST", e.client, strings.NewReader("registration="+strings.Join(esc, "%0A")))
+	return e.pollBody("registration=" + strings.Join(esc, "%0A"))
+}
+
+// pollBody sends a long poll with a body of the caller's.
+func (e endpoints) pollBody(body string) (int, string, time.Duration, error) {
+	req, _ := http.NewRequest("POST", e.client, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/x-ocsigen-comet; charset=UTF-8")
 	req.Header.Set("Origin", "http://localhost")
 	start := time.Now()
@@ -377,13 +382,27 @@ func TestEndToEnd(t *testing.T) {
 			return e.listening(id, 1, 5*time.Second)
 		})
 		code, body, err := e.publish("POST", "/v1/channels/"+urlPathEscape(id)+"/messages", "hello, world: 1")
-		if err != nil || code != 200 || body != "{\"delivered\":1,\"failed\":0}\n" {
+		written := regexp.MustCompile(`^\{"delivered":1,"failed":0,"position":"1\.([A-Za-z0-9_-]+)"\}\n$`).FindStringSubmatch(body)
+		if err != nil || code != 200 || written == nil {
 			t.Fatalf("publish: %d %q %v", code, body, err)
 		}
 		r := <-c
 		if r.err != nil || r.code != 200 || r.body != "news/e2e-1:hello%2C%20world%3A%201" {
 			t.Fatalf("poll: %d %q %v", r.code, r.body, r.err)
 		}
+
+		// Written while nobody polls: kept in the pod's history, and given
+		// at once to a poll that resumes from the first message.
+		epoch := written[1]
+		if code, body, err := e.publish("POST", "/v1/channels/"+urlPathEscape(id)+"/messages", "two"); err != nil || code != 200 ||
+			body != `{"delivered":0,"failed":0,"position":"2.`+epoch+`"}`+"\n" {
+			t.Fatalf("publish between polls: %d %q %v", code, body, err)
+		}
+		code, body, took, err := e.pollBody("registration=" + jsEscape(id) + "&resume=" + jsEscape(id+":1."+epoch))
+		if err != nil || code != 200 || body != "news/e2e-1:two\nnews/e2e-1:@2."+epoch || took > 5*time.Second {
+			t.Fatalf("resuming poll: %d %q after %v, %v", code, body, took, err)
+		}
+		t.Logf("a resuming poll answered from the history: %v", took)
 	})
 
 	step("deactivate and activate live", func(t *testing.T) {
