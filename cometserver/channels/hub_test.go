@@ -644,3 +644,147 @@ func TestReplayBudget(t *testing.T) {
 		t.Fatalf("got %v, want 100 each", got)
 	}
 }
+
+// A resuming waiter with nothing to get waits: resumed from the top, or
+// without a position on a channel with or without messages. Its cursor is
+// the channel's position, offset 0 included.
+func TestResumeAtTheTopWaits(t *testing.T) {
+	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer r.Stop()
+	r.Create("fresh")
+	r.Create("used")
+	_, top, _ := r.Hub.Write(bg, "used", []byte("m"))
+	fresh, _ := r.Info("fresh")
+	for _, from := range []map[string]engine.Position{nil, {"used": top}} {
+		w, _, err := r.Hub.Subscribe(bg, []string{"fresh", "used"}, &Resume{From: from})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-w.Ready():
+			t.Fatalf("from %v: ready with nothing to say", from)
+		default:
+		}
+		w.Detach()
+		if pos, gap, ok := w.Cursor("fresh"); !ok || gap || pos.String() != fresh.Position {
+			t.Fatalf("from %v: fresh at %v %v %v, want %s", from, pos, gap, ok, fresh.Position)
+		}
+		if pos, gap, ok := w.Cursor("used"); !ok || gap || pos != top {
+			t.Fatalf("from %v: used at %v %v %v, want %v", from, pos, gap, ok, top)
+		}
+	}
+}
+
+// The last listener leaving unsubscribes this process, so that the
+// engine's idle expiry can close the channel; one still listening keeps
+// it subscribed.
+func TestLastListenerLeavingUnsubscribes(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	r := newTestHub(engine.Limits{IdleExpiry: 100 * time.Millisecond})
+	defer r.Stop()
+	r.Create("c")
+	w1, _ := r.Subscribe([]string{"c"})
+	w2, _ := r.Subscribe([]string{"c"})
+	w1.Detach()
+	if bounded.Until(500*time.Millisecond, func() bool { _, err := r.Info("c"); return err != nil }) {
+		t.Fatal("the channel expired while a listener was still there")
+	}
+	w2.Detach()
+	bounded.Wait(t, "the idle channel to expire once nobody listens", 5*time.Second, func() bool {
+		_, err := r.Info("c")
+		return err != nil
+	})
+}
+
+// staleHistory answers every history read as it stood after the first
+// message: a read that lags behind the channel.
+type staleHistory struct{ engine.Engine }
+
+func (s staleHistory) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	h, err := s.Engine.History(ctx, id, since)
+	if err != nil || len(h.Publications) == 0 {
+		return h, err
+	}
+	h.Publications = h.Publications[:1]
+	h.Top = h.Publications[0].Position
+	return h, nil
+}
+
+// A history read older than the waiter's join stops the reply at the
+// history: what it lacks comes with the next poll, nothing is skipped.
+func TestResumeFromAStaleHistoryStopsThere(t *testing.T) {
+	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer eng.Stop()
+	h := New(staleHistory{eng})
+	h.Create(bg, "c")
+	var first engine.Position
+	for i := range 3 {
+		_, p, _ := h.Write(bg, "c", []byte(fmt.Sprint("m", i+1)))
+		if i == 0 {
+			first = p
+		}
+	}
+	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": {Epoch: first.Epoch}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeNow(t, testHub{Hub: h}, "c", "m4") // live, after a hole the stale read left
+	events := w.Detach()
+	if got := render(events); got != "c:m1@1" {
+		t.Fatalf("events %q, want the history's message only", got)
+	}
+	Resolve(events, true)
+	if pos, gap, ok := w.Cursor("c"); !ok || gap || pos != first {
+		t.Fatalf("cursor %v %v %v, want %v", pos, gap, ok, first)
+	}
+}
+
+// A live message that is the first the history holds is dropped as a
+// duplicate; one older than the history (trimmed past it) goes first.
+func TestResumeMergeAtTheHistoryEdges(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer eng.Stop()
+	p := &publishing{Engine: eng, t: t, done: make(chan Outcome, 1)}
+	h := New(p)
+	p.hub = h
+	h.Create(bg, "c")
+	_, pos1, _ := h.Write(bg, "c", []byte("first"))
+	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := w.Detach()
+	if got := render(events); got != "c:during@2" {
+		t.Fatalf("events %q, want the message once", got)
+	}
+	Resolve(events, true)
+	<-p.done
+}
+
+// One reply replays at most one message past the budget.
+func TestReplayBudgetIsExceededByOneMessageAtMost(t *testing.T) {
+	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer r.Stop()
+	from := map[string]engine.Position{}
+	for _, id := range []string{"a", "b"} {
+		r.Create(id)
+		i, _ := r.Info(id)
+		p, _ := engine.ParsePosition(i.Position)
+		from[id] = p
+	}
+	r.Write(bg, "a", make([]byte, 600<<10))
+	for range 3 {
+		r.Write(bg, "b", make([]byte, 500<<10))
+	}
+	w, _, err := r.Hub.Subscribe(bg, []string{"a", "b"}, &Resume{From: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := render(w.Detach()); strings.Count(got, "a:") != 1 || strings.Count(got, "b:") != 1 {
+		t.Fatalf("%d events: want a's message and one of b's (the one that crosses the budget)", strings.Count(got, " ")+1)
+	}
+	if pos, _, _ := w.Cursor("b"); pos.Offset != 1 {
+		t.Fatalf("b's cursor %v, want after its first message", pos)
+	}
+}

@@ -144,11 +144,7 @@ func ParsePosition(s string) (Position, error) {
 	if !ok || off == "" || len(off) > 20 || !ValidEpoch(epoch) {
 		return Position{}, ErrBadPosition
 	}
-	for i := 0; i < len(off); i++ {
-		if off[i] < '0' || off[i] > '9' {
-			return Position{}, ErrBadPosition
-		}
-	}
+	// ParseUint takes decimal digits only (no sign, no '_' in base 10).
 	n, err := strconv.ParseUint(off, 10, 64)
 	if err != nil || (len(off) > 1 && off[0] == '0') {
 		return Position{}, ErrBadPosition // out of range, or not the one form String gives

@@ -6,14 +6,17 @@ import (
 )
 
 func TestParsePosition(t *testing.T) {
-	for _, s := range []string{"0.a", "1.abc-DEF_9", "18446744073709551615.e", "7." + strings.Repeat("x", 64)} {
+	for _, s := range []string{"0.a", "1.abc-DEF_9", "18446744073709551615.e", "7." + strings.Repeat("x", 64),
+		"1.az", "1.AZ", "1.09", "1.-_", "1.z", "1.Z", "1.9", "1.A"} {
 		p, err := ParsePosition(s)
 		if err != nil || p.String() != s {
 			t.Errorf("ParsePosition(%q) = %v, %v; want it back", s, p, err)
 		}
 	}
 	for _, s := range []string{"", ".", "1", "1.", ".e", "01.e", "+1.e", "-1.e", " 1.e", "1.e ", "1.e.f", "1.e:f",
-		"1.é", "18446744073709551616.e", "1." + strings.Repeat("x", 65), "0x1.e", "1e3.e"} {
+		"1.é", "18446744073709551616.e", "1." + strings.Repeat("x", 65), "0x1.e", "1e3.e", "1_0.e",
+		// the characters just outside each range of the epoch's alphabet
+		"1.`", "1.{", "1.@", "1.[", "1./", "1.:", "1.,", "1.^", "1.+"} {
 		if p, err := ParsePosition(s); err == nil {
 			t.Errorf("ParsePosition(%q) = %v, want an error", s, p)
 		}

@@ -392,6 +392,7 @@ func TestParseRequestResume(t *testing.T) {
 		{"registration=a&resume=a", true, "", "a line without ':'"},
 		{"registration=a&resume=a:1", true, "", "malformed position"},
 		{"registration=a&resume=b:1.e", true, "", "not registered"},
+		{"registration=a&resume=:1.e", true, "", "not registered"},
 		{"registration=a&resume=a:1.e%0Aa:2.e", true, "", "two positions"},
 		{"resume=a:1.e", true, "", "Empty or incorrect registration"},
 		{"registration=a&resume=%zz", true, "", "malformed body"},
