@@ -46,7 +46,7 @@ docs: ## Regenerate the README's table of chart values from values.yaml.
 	go run ./hack/values-table -write README.md
 
 .PHONY: test
-test: manifests generate vet envtest tools chromium ## Run every test with the race detector: controller and chart on a real API server, comet.js in real Chromium.
+test: manifests generate vet envtest tools chromium redis ## Run every test with the race detector: controller and chart on a real API server, comet.js in real Chromium, Redis tests on real redis-server.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
 
 .PHONY: test-all
@@ -137,6 +137,10 @@ tools: ## Build helm and helm-unittest from Go module sources into bin/tools.
 .PHONY: chromium
 chromium: ## Install Debian's Chromium for the browser tests, if missing.
 	hack/install-chromium.sh
+
+.PHONY: redis
+redis: ## Install Debian's redis-server and redis-tools for the Redis tests, if missing.
+	hack/install-redis.sh
 
 .PHONY: envtest
 envtest: ## Build (once per version) the etcd and kube-apiserver that envtest runs, into bin/k8s.

@@ -1,0 +1,254 @@
+// Package redistest starts real redis-server processes (Debian's, from
+// hack/install-redis.sh) for tests: a standalone server or a Redis
+// Cluster of masters, on loopback ports, stopped by PID when the test
+// ends. No fake: the Redis engine's integration tests run against these.
+package redistest
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Server is one redis-server process.
+type Server struct {
+	t    testing.TB
+	Addr string // host:port on loopback
+	dir  string
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start runs a standalone redis-server on a free loopback port, without
+// persistence, and stops it when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, dir: t.TempDir()}
+	s.Addr = freeAddr(t)
+	_, port, _ := net.SplitHostPort(s.Addr)
+	s.args = []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", s.dir}
+	s.start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		s.t.Fatalf("redis-server is missing (hack/install-redis.sh installs it): %v", err)
+	}
+	s.cmd = exec.Command(bin, s.args...)
+	s.cmd.Dir = s.dir
+	log, err := os.Create(filepath.Join(s.dir, "redis.log"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd.Stdout, s.cmd.Stderr = log, log
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("starting redis-server: %v", err)
+	}
+	s.done = make(chan struct{})
+	go func() { s.cmd.Wait(); log.Close(); close(s.done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if reply, err := Do(s.Addr, "PING"); err == nil && reply == "PONG" {
+			return
+		}
+		select {
+		case <-s.done:
+			s.t.Fatalf("redis-server on %s exited at start: %s", s.Addr, s.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Stop()
+			s.t.Fatalf("redis-server on %s did not answer PING within 10s: %s", s.Addr, s.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// PID is the server's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// Log is what the server wrote.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	return string(b)
+}
+
+// Stop ends the server by its PID: SIGTERM, then SIGKILL after 5 seconds.
+// Stopping a stopped server does nothing.
+func (s *Server) Stop() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// Restart stops the server and starts it again on the same port. Without
+// persistence it comes back empty, as a Redis that lost its data does.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	s.start()
+}
+
+// Cluster is a Redis Cluster of masters, each a Server.
+type Cluster struct {
+	Nodes []*Server
+}
+
+// StartCluster runs n masters (at least 3) with cluster mode on, joins
+// them with redis-cli --cluster create, and waits until the cluster says
+// it is ok.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	if n < 3 {
+		t.Fatalf("a Redis Cluster needs at least 3 masters, not %d", n)
+	}
+	c := &Cluster{}
+	var addrs []string
+	for range n {
+		s := &Server{t: t, dir: t.TempDir()}
+		s.Addr = freeClusterAddr(t)
+		_, port, _ := net.SplitHostPort(s.Addr)
+		s.args = []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--daemonize", "no", "--dir", s.dir, "--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}
+		s.start()
+		t.Cleanup(s.Stop)
+		c.Nodes = append(c.Nodes, s)
+		addrs = append(addrs, s.Addr)
+	}
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatalf("redis-cli is missing (hack/install-redis.sh installs it): %v", err)
+	}
+	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, addrs...), "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok := true
+		for _, s := range c.Nodes {
+			info, err := Do(s.Addr, "CLUSTER", "INFO")
+			ok = ok && err == nil && strings.Contains(info, "cluster_state:ok")
+		}
+		if ok {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cluster on %v is not ok after 30s", addrs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Addrs are the cluster's nodes.
+func (c *Cluster) Addrs() []string {
+	var out []string
+	for _, s := range c.Nodes {
+		out = append(out, s.Addr)
+	}
+	return out
+}
+
+// Do sends one command to addr and returns its reply as text: a simple
+// string, an integer, or a bulk string; an error reply is an error. It is
+// for the harness and for tests that look at Redis directly, not a client.
+func Do(addr string, args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := conn.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return "", fmt.Errorf("an empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", fmt.Errorf("redis: %s", line[1:])
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < -1 {
+			return "", fmt.Errorf("a malformed bulk length %q", line)
+		}
+		if n == -1 {
+			return "", nil // nil bulk
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return "", fmt.Errorf("a reply of a kind this helper does not read: %q", line)
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// freeClusterAddr is a free port whose cluster bus port (10,000 above it)
+// is free too.
+func freeClusterAddr(t testing.TB) string {
+	t.Helper()
+	for range 100 {
+		addr := freeAddr(t)
+		_, p, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(p)
+		if port+10000 > 65535 {
+			continue
+		}
+		if ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000))); err == nil {
+			ln.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port pair for a cluster node")
+	return ""
+}
