@@ -194,7 +194,7 @@ func (h *Hub) listen(ctx context.Context, id string, w *Waiter) (bool, error) {
 			}
 			l.subscribed, l.epoch = true, top.Epoch
 			l.mu.Lock()
-			if l.top.Epoch != top.Epoch || l.top.Offset < top.Offset { // a publication may have come first
+			if !l.top.Covers(top) { // unless a publication came first
 				l.top = top
 			}
 			if l.endSeen == top.Epoch { // and its end too

@@ -788,3 +788,29 @@ func TestReplayBudgetIsExceededByOneMessageAtMost(t *testing.T) {
 		t.Fatalf("b's cursor %v, want after its first message", pos)
 	}
 }
+
+// A budget used up exactly stops the reply there.
+func TestReplayBudgetUsedUpExactly(t *testing.T) {
+	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer r.Stop()
+	from := map[string]engine.Position{}
+	for _, id := range []string{"a", "b"} {
+		r.Create(id)
+		i, _ := r.Info(id)
+		p, _ := engine.ParsePosition(i.Position)
+		from[id] = p
+	}
+	r.Write(bg, "a", make([]byte, MaxReplayBytes))
+	r.Write(bg, "b", []byte("next time"))
+	w, _, err := r.Hub.Subscribe(bg, []string{"a", "b"}, &Resume{From: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := w.Detach()
+	if len(events) != 1 || events[0].ID != "a" {
+		t.Fatalf("%d events, want a's only", len(events))
+	}
+	if pos, gap, ok := w.Cursor("b"); !ok || gap || pos != from["b"] {
+		t.Fatalf("b's cursor %v %v %v, want where it was", pos, gap, ok)
+	}
+}
