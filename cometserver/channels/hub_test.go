@@ -388,6 +388,14 @@ func (p *publishing) History(ctx context.Context, id string, since *engine.Posit
 	return h, err
 }
 
+// newPublishing is a hub over eng that publishes while it reads histories.
+func newPublishing(t *testing.T, eng engine.Engine) (*publishing, *Hub) {
+	p := &publishing{Engine: eng, t: t, done: make(chan Outcome, 1)}
+	h := New(p)
+	p.hub = h
+	return p, h
+}
+
 // A message written while a resuming subscription reads the history
 // reaches it once, whether the history has it or not; and its write does
 // not wait for a reply that will carry it from the history.
@@ -467,9 +475,7 @@ func TestResumeKeepsLiveMessagesTheHistoryLacks(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
 	eng := memory.New(engine.Limits{})
 	defer eng.Stop()
-	p := &publishing{Engine: eng, t: t, done: make(chan Outcome, 1)}
-	h := New(p)
-	p.hub = h
+	p, h := newPublishing(t, eng)
 	h.Create(bg, "c")
 	_, pos1, _ := h.Write(bg, "c", []byte("first"))
 	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
@@ -745,9 +751,7 @@ func TestResumeMergeAtTheHistoryEdges(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
 	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
 	defer eng.Stop()
-	p := &publishing{Engine: eng, t: t, done: make(chan Outcome, 1)}
-	h := New(p)
-	p.hub = h
+	p, h := newPublishing(t, eng)
 	h.Create(bg, "c")
 	_, pos1, _ := h.Write(bg, "c", []byte("first"))
 	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
@@ -762,17 +766,23 @@ func TestResumeMergeAtTheHistoryEdges(t *testing.T) {
 	<-p.done
 }
 
+// create makes channels and returns their positions: before their first
+// message.
+func create(r testHub, ids ...string) map[string]engine.Position {
+	from := map[string]engine.Position{}
+	for _, id := range ids {
+		r.Create(id)
+		i, _ := r.Info(id)
+		from[id], _ = engine.ParsePosition(i.Position)
+	}
+	return from
+}
+
 // One reply replays at most one message past the budget.
 func TestReplayBudgetIsExceededByOneMessageAtMost(t *testing.T) {
 	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
 	defer r.Stop()
-	from := map[string]engine.Position{}
-	for _, id := range []string{"a", "b"} {
-		r.Create(id)
-		i, _ := r.Info(id)
-		p, _ := engine.ParsePosition(i.Position)
-		from[id] = p
-	}
+	from := create(r, "a", "b")
 	r.Write(bg, "a", make([]byte, 600<<10))
 	for range 3 {
 		r.Write(bg, "b", make([]byte, 500<<10))
@@ -793,13 +803,7 @@ func TestReplayBudgetIsExceededByOneMessageAtMost(t *testing.T) {
 func TestReplayBudgetUsedUpExactly(t *testing.T) {
 	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
 	defer r.Stop()
-	from := map[string]engine.Position{}
-	for _, id := range []string{"a", "b"} {
-		r.Create(id)
-		i, _ := r.Info(id)
-		p, _ := engine.ParsePosition(i.Position)
-		from[id] = p
-	}
+	from := create(r, "a", "b")
 	r.Write(bg, "a", make([]byte, MaxReplayBytes))
 	r.Write(bg, "b", []byte("next time"))
 	w, _, err := r.Hub.Subscribe(bg, []string{"a", "b"}, &Resume{From: from})

@@ -97,6 +97,9 @@ func (w *Waiter) signal() func() {
 // channel's last publication handed to this process. Called under the
 // channel's lock, so every later publication reaches push.
 func (w *Waiter) join(id string, top engine.Position) {
+	if w.cursors == nil { // not resuming (cursors never changes after newWaiter)
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if c := w.cursors[id]; c != nil {
