@@ -168,7 +168,7 @@ const (
 )
 
 func TestPushWhereBehind(t *testing.T) {
-	bounded.Test(t, 2*time.Minute)
+	bounded.Test(t, 4*time.Minute)
 	quiesce(t) // the push metrics are the process's: nothing else may push
 	longError := strings.Repeat("x", 600)
 	truncated := ("exit code 3: " + longError)[:512] + "..."
@@ -464,7 +464,7 @@ func (c *blockingCommander) Exec(ctx context.Context, pod *corev1.Pod, _ string,
 // With PushConcurrency 2, two pushes run at once, never three, and every
 // pod is pushed.
 func TestPushConcurrency(t *testing.T) {
-	bounded.Test(t, time.Minute)
+	bounded.Test(t, 3*time.Minute)
 	quiesce(t)
 	cmd := &blockingCommander{started: make(chan string, 6), release: make(chan struct{})}
 	r, _ := pushReconciler(cmd)

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -216,10 +217,24 @@ func quiesce(t *testing.T) {
 		var l cometv1.CometServerList
 		return cached.List(context.Background(), &l) == nil && len(l.Items) == 0
 	})
-	bounded.Wait(t, "the cometserver controller to report no reconcile running (controller_runtime_active_workers 0)", 30*time.Second, func() bool {
+	// A reconcile that began before the deletes may still be pushing to
+	// its pods, one push timeout each; under a loaded CI machine that has
+	// taken over 30 seconds. If one is still running after 90, say where.
+	if !bounded.Until(90*time.Second, func() bool {
 		n, ok := activeWorkers(t)
 		return ok && n == 0
-	})
+	}) {
+		buf := make([]byte, 1<<20)
+		buf = buf[:goruntime.Stack(buf, true)]
+		var running []string
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "comet-operator/controllers.") && !strings.Contains(g, "testing.tRunner") {
+				running = append(running, g)
+			}
+		}
+		t.Fatalf("timed out after 90s waiting for the cometserver controller to report no reconcile running; its goroutines:\n%s",
+			strings.Join(running, "\n\n"))
+	}
 }
 
 // activeWorkers is controller-runtime's count of the cometserver
