@@ -160,7 +160,9 @@ func (h *Handler) respond(x exchange, r *http.Request) {
 
 	// 2. Admission: activation, shutdown, and the cap on waiting requests.
 	// 3. Listen on the live channels; answer at once if there is none.
-	p, status := h.admit(r.Context(), req)
+	// Not r's cancellation: a taken-over request outlives the ServeHTTP
+	// call that parsed it, and net/http cancels r's context when it returns.
+	p, status := h.admit(context.WithoutCancel(r.Context()), req)
 	switch {
 	case status != 0:
 		h.refuse(x, status, "")

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/engine"
 )
 
@@ -234,5 +235,30 @@ func TestResumeBadRequests(t *testing.T) {
 		// largest offset.
 		expectReply(t, "an unknown id with ':'", e.poll(resumeBody([]string{"x:y"}, "", "x:y:"+p)), 200, "x:y:ENDED_CHANNEL")
 		expectReply(t, "the largest offset", e.poll(resumeBody([]string{"z"}, "z:18446744073709551615.e")), 200, "z:ENDED_CHANNEL")
+	})
+}
+
+// refusesCancelled is a hub whose Subscribe fails on a cancelled context,
+// as a networked engine's would.
+type refusesCancelled struct{ Subscriber }
+
+func (h refusesCancelled) Subscribe(ctx context.Context, ids []string, r *channels.Resume) (*channels.Waiter, []string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	return h.Subscriber.Subscribe(ctx, ids, r)
+}
+
+// A request is subscribed with a live context in both ways of waiting:
+// net/http cancels a request's context when ServeHTTP returns, which for a
+// taken-over connection is before its request is served.
+func TestSubscribeContextOutlivesTheTakeover(t *testing.T) {
+	forEachMode(t, func(t *testing.T, m mode) {
+		e := newEnv(t, m, time.Minute, Options{}, func(h Subscriber) Subscriber { return refusesCancelled{h} })
+		e.create("c")
+		c := e.pollAsync("registration=c")
+		e.waitListeners("c", 1)
+		e.write("c", "m")
+		expectReply(t, "a poll", receive(t, c), 200, "c:m")
 	})
 }
