@@ -18,6 +18,7 @@ import (
 
 	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/test/bounded"
+	"github.com/cometop/comet-operator/test/syncbuffer"
 )
 
 // The socket's parent directory is made with mode 0700 when missing; one
@@ -286,7 +287,7 @@ func TestPipeDropsAFragmentAtItsWritersEnd(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	path := filepath.Join(t.TempDir(), "cmd.fifo")
 	tg := &target{activated: true, timeout: time.Second}
-	logs := &syncBuffer{}
+	logs := &syncbuffer.Buffer{}
 	p, err := OpenPipe(path, &Executor{Target: tg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -314,24 +315,6 @@ func TestPipeDropsAFragmentAtItsWritersEnd(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A session whose lines all end with a newline drops nothing and warns of
 // nothing; Close returns even while a writer holds the FIFO open, or
 // while no writer has it; neither leaves a descriptor behind.
@@ -347,7 +330,7 @@ func TestPipeSessions(t *testing.T) {
 	before := fds()
 	path := filepath.Join(t.TempDir(), "cmd.fifo")
 	tg := &target{activated: true, timeout: time.Second}
-	logs := &syncBuffer{}
+	logs := &syncbuffer.Buffer{}
 	open := func() *Pipe {
 		p, err := OpenPipe(path, &Executor{Target: tg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 		if err != nil {

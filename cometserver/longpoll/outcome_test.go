@@ -1,18 +1,17 @@
 package longpoll
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/security"
 	"github.com/cometop/comet-operator/test/bounded"
+	"github.com/cometop/comet-operator/test/syncbuffer"
 )
 
 // thenOnSubscribe is a Hub whose Subscribe runs then with the new waiter,
@@ -166,7 +165,7 @@ func (h panicky) Subscribe(ctx context.Context, ids []string, r *channels.Resume
 // and closes that connection, as net/http does with a handler's; the
 // server goes on serving the others.
 func TestPanicInATakenOverConnection(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &syncbuffer.Buffer{}
 	e := newEnvWith(t, envConfig{mode: takeover, timeout: time.Minute,
 		opts: Options{Logger: slog.New(slog.NewTextHandler(logs, nil))},
 		hub:  func(h Subscriber) Subscriber { return panicky{h} }})
@@ -182,22 +181,4 @@ func TestPanicInATakenOverConnection(t *testing.T) {
 	other := e.dial()
 	e.park(other)
 	waitFor(t, "the panicked connection untracked", func() bool { return e.parkedConns() == 1 })
-}
-
-// syncBuffer is a bytes.Buffer for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
