@@ -5,6 +5,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -66,6 +67,12 @@ type CometServerReconciler struct {
 
 	mu       sync.Mutex
 	verified map[types.NamespacedName]map[types.UID]time.Time // last good push, per pod
+
+	// name is the controller's name in logs and metrics, "cometserver"
+	// unless set: a second controller in one process needs its own, or
+	// controller-runtime's per-name gauges (active workers) are shared
+	// and reset by whichever starts last.
+	name string
 }
 
 // +kubebuilder:rbac:groups=comet.cometop.dev,resources=cometservers,verbs=get;list;watch
@@ -357,7 +364,7 @@ func (r *CometServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
 		})).
-		Named("cometserver").
+		Named(cmp.Or(r.name, "cometserver")).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.ReconcileConcurrency)}).
 		Complete(r)
 }
