@@ -29,6 +29,9 @@ var (
 	ErrNameTaken              = errors.New("channel name taken by a live channel")
 	ErrInvalidName            = errors.New("invalid channel name: want 1 to 256 bytes of UTF-8 without ':', CR or LF")
 	ErrNotFound               = errors.New("channel unknown or ended")
+	// ErrUnavailable wraps a failure of a shared engine's backend (Redis
+	// unreachable): the request may succeed if tried again later.
+	ErrUnavailable = errors.New("channel engine unavailable")
 )
 
 // Engine holds channels, their positions and history.
@@ -74,8 +77,23 @@ type Engine interface {
 	Limits() Limits
 	SetHistory(size int, ttl time.Duration)
 
+	// Status says how the engine is, for readiness, comet:status and
+	// /metrics.
+	Status() Status
+
 	// Stop ends the engine's background work.
 	Stop()
+}
+
+// Status is an engine's health.
+type Status struct {
+	Broker string // "memory" or "redis"
+	// Ready is false while the engine cannot serve: its backend is
+	// unreachable or its subscriptions are not known to work.
+	Ready         bool
+	LastError     string        // the last backend failure, "" if none since the last success
+	RTT           time.Duration // the last round trip through the backend's PUB/SUB; 0 if none
+	Subscriptions int           // channels this process is subscribed to
 }
 
 // Handler receives what an engine delivers for subscribed channels. Its

@@ -110,8 +110,27 @@ func (s *Server) Stop() {
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()
+	os.Remove(filepath.Join(s.dir, "dump.rdb"))
 	s.start()
 }
+
+// RestartKeepingData saves the data set, stops the server, waits down for
+// the given time, and starts it again with that data, as a Redis with
+// persistence comes back.
+func (s *Server) RestartKeepingData(down time.Duration) {
+	s.t.Helper()
+	if _, err := Do(s.Addr, "SAVE"); err != nil {
+		s.t.Fatalf("SAVE: %v", err)
+	}
+	s.Stop()
+	time.Sleep(down)
+	s.start()
+}
+
+// Pause stops the process (SIGSTOP) without closing its connections, as
+// a hung Redis; Resume continues it.
+func (s *Server) Pause()  { s.cmd.Process.Signal(syscall.SIGSTOP) }
+func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Cluster is a Redis Cluster of masters, each a Server.
 type Cluster struct {

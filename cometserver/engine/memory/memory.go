@@ -32,6 +32,7 @@ type Engine struct {
 	// What every history holds, for /metrics.
 	histMessages atomic.Int64
 	histBytes    atomic.Int64
+	subscribed   atomic.Int64 // channels with channel.subscribed set
 
 	stop chan struct{}
 	done chan struct{}
@@ -92,6 +93,11 @@ func (e *Engine) SetHistory(size int, ttl time.Duration) {
 	e.historyTTL.Store(int64(max(ttl, 0)))
 }
 
+// Status is always ready: the engine is this process.
+func (e *Engine) Status() engine.Status {
+	return engine.Status{Broker: "memory", Ready: true, Subscriptions: int(e.subscribed.Load())}
+}
+
 // HistoryStats returns the messages and payload bytes all histories hold.
 func (e *Engine) HistoryStats() (messages, bytes int64) {
 	return e.histMessages.Load(), e.histBytes.Load()
@@ -149,6 +155,8 @@ func (e *Engine) end(c *channel) {
 	c.closed = true
 	e.dropHistory(c, len(c.hist))
 	if c.subscribed {
+		c.subscribed = false
+		e.subscribed.Add(-1)
 		e.handler.HandleEnd(c.id, c.epoch)
 	}
 }
@@ -234,7 +242,10 @@ func (e *Engine) Subscribe(_ context.Context, id string) (engine.Position, error
 	if c.closed {
 		return engine.Position{}, engine.ErrNotFound
 	}
-	c.subscribed = true
+	if !c.subscribed {
+		c.subscribed = true
+		e.subscribed.Add(1)
+	}
 	return engine.Position{Offset: c.top, Epoch: c.epoch}, nil
 }
 
@@ -245,7 +256,10 @@ func (e *Engine) Unsubscribe(_ context.Context, id, epoch string) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.subscribed = false
+	if c.subscribed {
+		c.subscribed = false
+		e.subscribed.Add(-1)
+	}
 	c.lastActive = time.Now() // the idle time counts from the last listener leaving
 	return nil
 }

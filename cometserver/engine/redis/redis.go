@@ -1,0 +1,540 @@
+// Package redis is the shared channel engine: channels, their positions and
+// history live in Redis (standalone or Cluster, 7.0 or later), so that every
+// server of a fleet sees one channel space, and a write on any server
+// reaches the requests waiting on every other.
+//
+// Layout. Channels are spread over a fixed number of partitions by a hash
+// of their name; a partition is one hash tag, so that a channel's meta hash,
+// its Stream (the history) and its sharded PUB/SUB channel share one
+// Cluster slot and one script can touch them all. A registry (a sorted set
+// in a slot of its own) holds every live name: it makes names unique and
+// max_virtual_channels one limit for the fleet. Each server keeps one
+// dedicated connection per partition for its subscriptions.
+//
+// Failure. A server that cannot reach Redis is not ready and refuses work
+// with engine.ErrUnavailable; it reconnects with backoff, subscribes again
+// and catches every watched channel up from its Stream, so a message
+// written while its PUB/SUB was down still reaches its listeners. A probe
+// through each partition's PUB/SUB notices a subscription that died
+// silently. A Redis that comes back empty (history lost) is told apart from
+// a closed channel by a boot mark: channels this server watches are made
+// again under a new epoch, so resuming clients hear of the gap.
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
+)
+
+// Partitions is how many hash tags the channels are spread over: the
+// number of PUB/SUB connections per server, and of slots a Cluster
+// spreads the channels' keys over. Every server of a fleet must agree on
+// it: it is a constant, not a setting.
+const Partitions = 16
+
+// Options configure an engine.
+type Options struct {
+	// Client is the Redis client's option (address, TLS, credentials);
+	// see rueidis.ParseURL.
+	Client rueidis.ClientOption
+	// Prefix starts every key and PUB/SUB channel name, so that several
+	// fleets can share one Redis.
+	Prefix string
+	Limits engine.Limits
+	// OpTimeout bounds one Redis operation (default 2s).
+	OpTimeout time.Duration
+	// ProbeInterval is how often each PUB/SUB connection is probed
+	// (default 1s); a probe not back within ProbeTimeout (default 3s)
+	// counts the connection dead.
+	ProbeInterval, ProbeTimeout time.Duration
+}
+
+// Engine is the Redis engine.
+type Engine struct {
+	o       Options
+	handler engine.Handler
+	node    string // this process's name in publication tokens
+	seq     atomic.Uint64
+
+	client atomic.Pointer[rueidis.Client] // nil until first connected
+
+	historySize atomic.Int64
+	historyTTL  atomic.Int64 // nanoseconds
+
+	parts [Partitions]*partition
+
+	mu      sync.Mutex
+	lastErr string
+	boot    string // the registry's boot mark when first seen
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+var _ engine.Engine = (*Engine)(nil)
+
+// New returns an engine and starts connecting in the background: until it
+// is connected, operations fail with engine.ErrUnavailable and Status is
+// not ready.
+func New(o Options) (*Engine, error) {
+	if o.Prefix == "" {
+		return nil, errors.New("redis engine: empty key prefix")
+	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = 2 * time.Second
+	}
+	if o.ProbeInterval <= 0 {
+		o.ProbeInterval = time.Second
+	}
+	if o.ProbeTimeout <= 0 {
+		o.ProbeTimeout = 3 * time.Second
+	}
+	e := &Engine{o: o, node: randomString(6), stop: make(chan struct{})}
+	e.SetHistory(o.Limits.HistorySize, o.Limits.HistoryTTL)
+	for k := range e.parts {
+		e.parts[k] = newPartition(e, k)
+	}
+	e.wg.Add(1)
+	go e.connect()
+	return e, nil
+}
+
+func (e *Engine) Register(h engine.Handler) { e.handler = h }
+
+// connect makes the client, retrying with backoff, then starts the
+// partitions' subscribers and the idle sweeper.
+func (e *Engine) connect() {
+	defer e.wg.Done()
+	for b := newBackoff(); ; {
+		opt := e.o.Client
+		c, err := rueidis.NewClient(opt)
+		if err == nil {
+			err = e.readBoot(c)
+			if err != nil {
+				c.Close()
+			}
+		}
+		if err == nil {
+			e.client.Store(&c)
+			e.noteError(nil)
+			break
+		}
+		e.noteError(fmt.Errorf("connecting: %w", err))
+		if !b.wait(e.stop) {
+			return
+		}
+	}
+	for _, p := range e.parts {
+		e.wg.Add(1)
+		go p.run()
+	}
+	if e.o.Limits.IdleExpiry > 0 {
+		e.wg.Add(1)
+		go e.sweep()
+	}
+}
+
+// Stop closes the connections. Channels stay in Redis.
+func (e *Engine) Stop() {
+	select {
+	case <-e.stop:
+		return
+	default:
+		close(e.stop)
+	}
+	e.wg.Wait()
+	if c := e.client.Load(); c != nil {
+		(*c).Close()
+	}
+}
+
+func (e *Engine) Limits() engine.Limits {
+	l := e.o.Limits
+	l.HistorySize = int(e.historySize.Load())
+	l.HistoryTTL = time.Duration(e.historyTTL.Load())
+	return l
+}
+
+func (e *Engine) SetHistory(size int, ttl time.Duration) {
+	e.historySize.Store(int64(max(size, 0)))
+	e.historyTTL.Store(int64(max(ttl, 0)))
+}
+
+// Status is ready when the client is connected and every partition's
+// PUB/SUB answered its last probe in time.
+func (e *Engine) Status() engine.Status {
+	st := engine.Status{Broker: "redis", Ready: e.client.Load() != nil}
+	var rtt time.Duration
+	for _, p := range e.parts {
+		ready, r, n := p.health()
+		st.Ready = st.Ready && ready
+		rtt = max(rtt, r)
+		st.Subscriptions += n
+	}
+	st.RTT = rtt
+	e.mu.Lock()
+	st.LastError = e.lastErr
+	e.mu.Unlock()
+	return st
+}
+
+// noteError records the last failure (nil: a success clears it).
+func (e *Engine) noteError(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil {
+		e.lastErr = ""
+	} else {
+		e.lastErr = err.Error()
+	}
+}
+
+// do runs fn with the client and a bounded context, and turns a backend
+// failure into engine.ErrUnavailable.
+func (e *Engine) do(ctx context.Context, what string, fn func(ctx context.Context, c rueidis.Client) error) error {
+	c := e.client.Load()
+	if c == nil {
+		return fmt.Errorf("%s: not connected to redis: %w", what, engine.ErrUnavailable)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.o.OpTimeout)
+	defer cancel()
+	err := fn(ctx, *c)
+	if err == nil || errors.Is(err, engine.ErrNotFound) || errors.Is(err, engine.ErrNameTaken) ||
+		errors.Is(err, engine.ErrTooManyVirtualChannels) {
+		return err
+	}
+	err = fmt.Errorf("%s: %w: %w", what, engine.ErrUnavailable, err)
+	e.noteError(err)
+	return err
+}
+
+// Keys.
+
+func (e *Engine) registry() string { return e.o.Prefix + ":{r}:channels" }
+func (e *Engine) bootKey() string  { return e.o.Prefix + ":{r}:boot" }
+
+func partitionOf(id string) int {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return int(h.Sum32() % Partitions)
+}
+
+func (e *Engine) tag(k int) string { return e.o.Prefix + ":{p" + strconv.Itoa(k) + "}:" }
+
+// keys returns channel id's meta key, Stream key and PUB/SUB channel.
+func (e *Engine) keys(id string) (meta, stream, pubsub string) {
+	t := e.tag(partitionOf(id))
+	return t + "m:" + id, t + "s:" + id, t + "p:" + id
+}
+
+// readBoot learns the registry's boot mark, setting one if Redis has none.
+func (e *Engine) readBoot(c rueidis.Client) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
+	defer cancel()
+	boot, err := ensureBoot(ctx, c, e.bootKey())
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.boot = boot
+	e.mu.Unlock()
+	return nil
+}
+
+func ensureBoot(ctx context.Context, c rueidis.Client, key string) (string, error) {
+	if err := c.Do(ctx, c.B().Set().Key(key).Value(randomString(6)).Nx().Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
+		return "", err
+	}
+	return c.Do(ctx, c.B().Get().Key(key).Build()).ToString()
+}
+
+// lostData reports whether Redis lost its data since this engine first
+// saw it (its boot mark changed or went), and takes the new mark.
+func (e *Engine) lostData(ctx context.Context, c rueidis.Client) (bool, error) {
+	boot, err := ensureBoot(ctx, c, e.bootKey())
+	if err != nil {
+		return false, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	lost := boot != e.boot
+	e.boot = boot
+	return lost, nil
+}
+
+// Channels.
+
+func (e *Engine) Create(ctx context.Context, name string) (string, error) {
+	if name != "" && !engine.ValidName(name) {
+		return "", engine.ErrInvalidName
+	}
+	max := -1
+	if e.o.Limits.MaxVirtualChannels != nil {
+		max = *e.o.Limits.MaxVirtualChannels
+	}
+	var id string
+	err := e.do(ctx, "create", func(ctx context.Context, c rueidis.Client) error {
+		for {
+			id = name
+			if id == "" {
+				id = randomString(16)
+			}
+			r, err := registerScript.Exec(ctx, c, []string{e.registry()}, []string{id, strconv.Itoa(max)}).ToString()
+			if err != nil {
+				return err
+			}
+			switch r {
+			case "taken":
+				if name == "" {
+					continue // a user named a channel like a generated id
+				}
+				return engine.ErrNameTaken
+			case "full":
+				return engine.ErrTooManyVirtualChannels
+			}
+			meta, stream, _ := e.keys(id)
+			if err := makeChannelScript.Exec(ctx, c, []string{meta, stream}, []string{randomString(6), "0"}).Error(); err != nil {
+				// Give the name back; if that fails too, the idle sweep
+				// (or a later Close) clears it.
+				_ = c.Do(context.WithoutCancel(ctx), c.B().Zrem().Key(e.registry()).Member(id).Build()).Error()
+				return err
+			}
+			return nil
+		}
+	})
+	if err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func (e *Engine) Close(ctx context.Context, id string) error {
+	return e.do(ctx, "close", func(ctx context.Context, c rueidis.Client) error {
+		meta, stream, ch := e.keys(id)
+		r, err := closeScript.Exec(ctx, c, []string{meta, stream}, []string{ch, ""}).ToString()
+		if err != nil {
+			return err
+		}
+		if r != "ended" {
+			return engine.ErrNotFound
+		}
+		return c.Do(ctx, c.B().Zrem().Key(e.registry()).Member(id).Build()).Error()
+	})
+}
+
+func (e *Engine) Publish(ctx context.Context, id string, payload []byte, tracker any) (engine.Position, error) {
+	p := e.parts[partitionOf(id)]
+	token := e.node + "." + strconv.FormatUint(e.seq.Add(1), 36)
+	// Only a channel this process listens on hands the publication back;
+	// then Publish waits for it, so the hub learns what became of it.
+	done := p.expect(id, token, tracker)
+	defer p.forget(token)
+	var pos engine.Position
+	err := e.do(ctx, "publish", func(ctx context.Context, c rueidis.Client) error {
+		meta, stream, ch := e.keys(id)
+		ttl := max(time.Duration(e.historyTTL.Load()).Milliseconds(), 0)
+		r, err := publishScript.Exec(ctx, c, []string{meta, stream}, []string{
+			string(payload), strconv.FormatInt(e.historySize.Load(), 10), strconv.FormatInt(ttl, 10), token, ch}).ToArray()
+		if rueidis.IsRedisNil(err) {
+			return engine.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if len(r) != 2 {
+			return fmt.Errorf("publish script answered %d values", len(r))
+		}
+		off, err := r[0].AsInt64()
+		if err != nil {
+			return err
+		}
+		epoch, err := r[1].ToString()
+		if err != nil {
+			return err
+		}
+		pos = engine.Position{Offset: uint64(off), Epoch: epoch}
+		return nil
+	})
+	if err != nil {
+		return engine.Position{}, err
+	}
+	if done != nil {
+		// Bounded: a PUB/SUB that lost it is noticed by the probe, and the
+		// catch-up hands it without the tracker.
+		t := time.NewTimer(e.o.ProbeTimeout)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
+	return pos, nil
+}
+
+// history reads channel id's position and kept messages from offset from
+// on (none if from is 0), dropping those older than the history TTL.
+func (e *Engine) history(ctx context.Context, c rueidis.Client, id string, from uint64) (top engine.Position, pubs []engine.Publication, err error) {
+	meta, stream, _ := e.keys(id)
+	arg := ""
+	if from > 0 {
+		arg = strconv.FormatUint(from, 10)
+	}
+	r, err := historyScript.Exec(ctx, c, []string{meta, stream}, []string{arg}).ToArray()
+	if rueidis.IsRedisNil(err) {
+		return top, nil, engine.ErrNotFound
+	}
+	if err != nil {
+		return top, nil, err
+	}
+	if len(r) != 4 {
+		return top, nil, fmt.Errorf("history script answered %d values", len(r))
+	}
+	if top.Epoch, err = r[0].ToString(); err != nil {
+		return top, nil, err
+	}
+	t, err := r[1].ToString()
+	if err != nil {
+		return top, nil, err
+	}
+	if top.Offset, err = strconv.ParseUint(t, 10, 64); err != nil {
+		return top, nil, fmt.Errorf("channel %q: top offset %q: %w", id, t, err)
+	}
+	nowS, err := r[2].ToString()
+	if err != nil {
+		return top, nil, err
+	}
+	now, _ := strconv.ParseInt(nowS, 10, 64)
+	entries, err := r[3].AsXRange()
+	if err != nil {
+		return top, nil, err
+	}
+	oldest := now - time.Duration(e.historyTTL.Load()).Milliseconds()
+	size := int(e.historySize.Load())
+	if len(entries) > size {
+		entries = entries[len(entries)-size:] // the size was lowered since they were kept
+	}
+	for _, x := range entries {
+		at, _ := strconv.ParseInt(x.FieldValues["t"], 10, 64)
+		if at < oldest {
+			continue // expired
+		}
+		off, _, _ := cutDash(x.ID)
+		pubs = append(pubs, engine.Publication{
+			Position: engine.Position{Offset: off, Epoch: top.Epoch},
+			Payload:  []byte(x.FieldValues["d"]),
+			Tracker:  x.FieldValues["k"], // the token; the partition turns it into a tracker
+		})
+	}
+	return top, pubs, nil
+}
+
+func cutDash(id string) (uint64, string, bool) {
+	for i := 0; i < len(id); i++ {
+		if id[i] == '-' {
+			n, err := strconv.ParseUint(id[:i], 10, 64)
+			return n, id[i+1:], err == nil
+		}
+	}
+	return 0, "", false
+}
+
+func (e *Engine) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	var h engine.History
+	err := e.do(ctx, "history", func(ctx context.Context, c rueidis.Client) error {
+		var from uint64
+		if since != nil {
+			from = since.Offset + 1
+		}
+		top, pubs, err := e.history(ctx, c, id, from)
+		if err != nil {
+			return err
+		}
+		h.Top = top
+		if since == nil || *since == top {
+			return nil
+		}
+		if since.Epoch != top.Epoch || since.Offset > top.Offset {
+			// Another epoch, or a position it never had: all it holds.
+			if _, pubs, err = e.history(ctx, c, id, 1); err != nil {
+				return err
+			}
+			h.Gap = true
+		} else if len(pubs) == 0 || pubs[0].Position.Offset > since.Offset+1 {
+			h.Gap = true // trimmed or expired
+		}
+		for i := range pubs {
+			pubs[i].Tracker = nil
+		}
+		h.Publications = pubs
+		return nil
+	})
+	return h, err
+}
+
+func (e *Engine) Info(ctx context.Context, id string) (engine.ChannelInfo, error) {
+	var info engine.ChannelInfo
+	err := e.do(ctx, "info", func(ctx context.Context, c rueidis.Client) error {
+		top, pubs, err := e.history(ctx, c, id, 1)
+		info = engine.ChannelInfo{Position: top, HistoryLen: len(pubs)}
+		return err
+	})
+	return info, err
+}
+
+func (e *Engine) Len(ctx context.Context) (int, error) {
+	var n int64
+	err := e.do(ctx, "count channels", func(ctx context.Context, c rueidis.Client) (err error) {
+		n, err = c.Do(ctx, c.B().Zcard().Key(e.registry()).Build()).AsInt64()
+		return err
+	})
+	return int(n), err
+}
+
+func (e *Engine) Subscribe(ctx context.Context, id string) (engine.Position, error) {
+	return e.parts[partitionOf(id)].subscribe(ctx, id)
+}
+
+func (e *Engine) Unsubscribe(ctx context.Context, id, epoch string) error {
+	return e.parts[partitionOf(id)].unsubscribe(ctx, id, epoch)
+}
+
+// randomString returns n random bytes in the alphabet A-Z a-z 0-9 - _.
+func randomString(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// backoff waits 100 ms, doubling to 5 s, each wait jittered by up to half.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{d: 100 * time.Millisecond} }
+
+// wait sleeps for the next period; false if stop closed first.
+func (b *backoff) wait(stop <-chan struct{}) bool {
+	var j [1]byte
+	_, _ = rand.Read(j[:])
+	d := b.d/2 + b.d*time.Duration(j[0])/512
+	b.d = min(2*b.d, 5*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-stop:
+		return false
+	case <-t.C:
+		return true
+	}
+}
