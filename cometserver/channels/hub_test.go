@@ -808,3 +808,28 @@ func TestReplayBudgetUsedUpExactly(t *testing.T) {
 		t.Fatalf("b's cursor %v %v %v, want where it was", pos, gap, ok)
 	}
 }
+
+// A live message in another epoch than the cursor's (a shared engine's
+// backend came back without the channel's history) comes with a gap.
+func TestEpochChangeLiveIsAGap(t *testing.T) {
+	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer r.Stop()
+	r.Create("c")
+	w, _, err := r.Hub.Subscribe(bg, []string{"c"}, &Resume{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeNow(t, r, "c", "old")
+	if _, gap, _ := w.Cursor("c"); gap {
+		t.Fatal("a gap in the same epoch")
+	}
+	r.Hub.HandlePublication("c", engine.Publication{Position: engine.Position{Offset: 1, Epoch: "remade"}, Payload: []byte("new")})
+	events := w.Detach()
+	if got := render(events); got != "c:old@1 c:new@1" {
+		t.Fatalf("events %q", got)
+	}
+	if pos, gap, ok := w.Cursor("c"); !ok || !gap || pos.Epoch != "remade" {
+		t.Fatalf("cursor %v gap %v %v; want the new epoch, with a gap", pos, gap, ok)
+	}
+	Resolve(events, true)
+}

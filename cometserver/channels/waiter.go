@@ -124,6 +124,12 @@ func (w *Waiter) push(ev Event) bool {
 			w.mu.Unlock()
 			return false
 		default:
+			if c.pos.Epoch != ev.Pos.Epoch {
+				// The channel's history was lost behind it (a shared
+				// engine's backend came back without it): what came before
+				// in the new epoch, or after c.pos in the old, is unknown.
+				c.gap = true
+			}
 			c.pos = ev.Pos
 		}
 	}
