@@ -18,10 +18,21 @@ type StatusReply struct {
 	HistoryTTL   float64 `json:"history_ttl"`
 	HistoryTTLNs int64   `json:"history_ttl_ns"`
 	Draining     bool    `json:"draining"`
-	Version      string  `json:"version,omitempty"`
-	PID          int     `json:"pid"`
-	StartedAt    string  `json:"started_at,omitempty"`
+	// Broker is the channel engine's state.
+	Broker    BrokerStatus `json:"broker"`
+	Version   string       `json:"version,omitempty"`
+	PID       int          `json:"pid"`
+	StartedAt string       `json:"started_at,omitempty"`
 }
 
 // TimeoutDuration is the timeout as a time.Duration, exactly.
 func (s StatusReply) TimeoutDuration() time.Duration { return time.Duration(s.TimeoutNanoseconds) }
+
+// BrokerStatus is the channel engine's state in a status reply.
+type BrokerStatus struct {
+	Name          string  `json:"name"`  // memory or redis
+	Ready         bool    `json:"ready"` // able to serve
+	LastError     string  `json:"last_error,omitempty"`
+	RTTSeconds    float64 `json:"rtt_seconds"`   // the last PUB/SUB round trip
+	Subscriptions int     `json:"subscriptions"` // channels this server watches
+}

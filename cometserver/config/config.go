@@ -56,6 +56,11 @@ type Config struct {
 	HistoryTTL        Duration `json:"history_ttl"`
 	ShutdownGrace     Duration `json:"shutdown_grace"`
 
+	Broker            string `json:"broker"`
+	RedisURL          string `json:"redis_url"`
+	RedisPasswordFile string `json:"redis_password_file"`
+	RedisPrefix       string `json:"redis_prefix"`
+
 	Demo  bool `json:"demo"`
 	Pprof bool `json:"pprof"`
 
@@ -146,6 +151,10 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.IntVar(&c.HistorySize, "history-size", c.HistorySize, "messages each channel keeps for resuming clients (0: none)")
 	fs.Var(&c.HistoryTTL, "history-ttl", "how long a kept message stays (0s: none kept)")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "time to drain on SIGTERM")
+	fs.StringVar(&c.Broker, "broker", c.Broker, "where channels live: memory (this process) or redis (shared by a fleet)")
+	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "redis://[user@]host:port or rediss:// (TLS); more Cluster seeds as ?addr=host:port; no password")
+	fs.StringVar(&c.RedisPasswordFile, "redis-password-file", c.RedisPasswordFile, "file holding the Redis password")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", c.RedisPrefix, "start of every Redis key of this fleet")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the publisher listener, behind its token")
 	fs.BoolVar(&c.Demo, "demo", c.Demo, "serve the demo page at / (binds to loopback unless --listen is set)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -272,6 +281,18 @@ func (c Config) Validate() error {
 			bad(l.key, "must be from %s to %s, got %s", l.lo, l.hi, l.value)
 		}
 	}
+	switch c.Broker {
+	case "memory":
+	case "redis":
+		if err := CheckRedisURL(c.RedisURL); err != nil {
+			bad("redis_url", "%v", err)
+		}
+		if !validPrefix(c.RedisPrefix) {
+			bad("redis_prefix", "must be 1 to 64 of A-Z a-z 0-9 - _ ., got %q", c.RedisPrefix)
+		}
+	default:
+		bad("broker", "must be memory or redis, got %q", c.Broker)
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -286,6 +307,44 @@ func (c Config) Validate() error {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// CheckRedisURL checks a Redis address: redis:// or rediss://, a host,
+// and no password (a URL shows in argv, environment dumps and logs; the
+// password goes in redis_password_file).
+func CheckRedisURL(s string) error {
+	if s == "" {
+		return errors.New("must be set when broker is redis")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", err)
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return fmt.Errorf("scheme must be redis or rediss (TLS), got %q", u.Scheme)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return fmt.Errorf("no host in %q", s)
+	}
+	if _, ok := u.User.Password(); ok {
+		return errors.New("holds a password: put it in redis_password_file instead")
+	}
+	return nil
+}
+
+// validPrefix reports whether p may start Redis keys: no hash tag braces,
+// no separators of ours.
+func validPrefix(p string) bool {
+	if len(p) == 0 || len(p) > 64 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // validPath reports whether p is an absolute path of RFC 3986 segments

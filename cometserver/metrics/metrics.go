@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cometop/comet-operator/cometserver/engine"
 )
 
 // Metrics are the counters the server's parts update. A nil *Metrics is
@@ -24,6 +26,7 @@ type Sources struct {
 	Waiting         func() float64 // long polls waiting
 	HistoryMessages func() float64 // messages kept in histories, in this process
 	HistoryBytes    func() float64 // their payload bytes
+	Broker          func() engine.Status
 }
 
 // New registers the server's metrics, plus Go and process metrics. A nil
@@ -33,6 +36,9 @@ func New(src Sources) *Metrics {
 		if *f == nil {
 			*f = func() float64 { return 0 }
 		}
+	}
+	if src.Broker == nil {
+		src.Broker = func() engine.Status { return engine.Status{} }
 	}
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -68,6 +74,20 @@ func New(src Sources) *Metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "comet_history_bytes", Help: "Payload bytes of the messages kept in channel histories in this process.",
 		}, src.HistoryBytes),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_broker_ready", Help: "1 if the channel engine can serve (with Redis: connected, PUB/SUB probes back in time), else 0.",
+		}, func() float64 {
+			if src.Broker().Ready {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_broker_rtt_seconds", Help: "The last round trip of a probe through the broker's PUB/SUB (0 for the in-memory engine).",
+		}, func() float64 { return src.Broker().RTT.Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "comet_broker_subscriptions", Help: "Channels this server is subscribed to in its engine.",
+		}, func() float64 { return float64(src.Broker().Subscriptions) }),
 		m.messagesWritten, m.messagesDelivery, m.replies, m.commands,
 	)
 	return m

@@ -322,6 +322,8 @@ func writeHubError(w http.ResponseWriter, err error) {
 	case errors.Is(err, channels.ErrReservedMessage):
 		writeError(w, http.StatusBadRequest, CodeReservedMessage, err.Error())
 	default:
+		// The engine's backend (Redis) is unreachable or slow: try again.
+		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, err.Error())
 	}
 }

@@ -11,9 +11,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/rueidis"
 
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/channels"
@@ -21,6 +24,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/demo"
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/engine/memory"
+	redisengine "github.com/cometop/comet-operator/cometserver/engine/redis"
 	"github.com/cometop/comet-operator/cometserver/longpoll"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 	"github.com/cometop/comet-operator/cometserver/publisher"
@@ -37,7 +41,7 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	state   *security.State
-	engine  *memory.Engine
+	engine  engine.Engine
 	hub     *channels.Hub
 	poll    *longpoll.Handler
 	started time.Time
@@ -63,16 +67,13 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		}
 	}
 	s := &Server{
-		cfg:   cfg,
-		log:   log,
-		state: security.New(cfg.Activated, cfg.Timeout.Duration),
-		engine: memory.New(engine.Limits{
-			MaxVirtualChannels: cfg.MaxVirtualChannels.Ptr(),
-			IdleExpiry:         cfg.ChannelIdleExpiry.Duration,
-			HistorySize:        cfg.HistorySize,
-			HistoryTTL:         cfg.HistoryTTL.Duration,
-		}),
+		cfg:     cfg,
+		log:     log,
+		state:   security.New(cfg.Activated, cfg.Timeout.Duration),
 		started: time.Now(),
+	}
+	if s.engine, err = newEngine(cfg); err != nil {
+		return nil, err
 	}
 	s.hub = channels.New(s.engine)
 	defer func() {
@@ -84,13 +85,14 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		Channels: func() float64 { return float64(s.channels()) },
 		Waiting:  func() float64 { return float64(s.poll.Waiting()) },
 		HistoryMessages: func() float64 {
-			n, _ := s.engine.HistoryStats()
+			n, _ := historyStats(s.engine)
 			return float64(n)
 		},
 		HistoryBytes: func() float64 {
-			_, b := s.engine.HistoryStats()
+			_, b := historyStats(s.engine)
 			return float64(b)
 		},
+		Broker: s.engine.Status,
 	})
 	s.poll = longpoll.New(s.hub, s.state, longpoll.Options{
 		MaxBodyBytes: cfg.MaxBodyBytes,
@@ -120,7 +122,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		Token:           token,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		Metrics:         m,
-		Ready:           s.ready.Load,
+		Ready:           s.isReady,
 		Pprof:           cfg.Pprof,
 		ReadTimeout:     cfg.ReadTimeout.Duration,
 	}))
@@ -287,9 +289,53 @@ func (s *Server) closeAll() {
 	s.engine.Stop()
 }
 
-// channels is the number of live channels.
+// newEngine makes the engine cfg.Broker names.
+func newEngine(cfg config.Config) (engine.Engine, error) {
+	limits := engine.Limits{
+		MaxVirtualChannels: cfg.MaxVirtualChannels.Ptr(),
+		IdleExpiry:         cfg.ChannelIdleExpiry.Duration,
+		HistorySize:        cfg.HistorySize,
+		HistoryTTL:         cfg.HistoryTTL.Duration,
+	}
+	if cfg.Broker != "redis" {
+		return memory.New(limits), nil
+	}
+	opt, err := rueidis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis_url: %w", err)
+	}
+	if cfg.RedisPasswordFile != "" {
+		b, err := os.ReadFile(cfg.RedisPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis_password_file: %w", err)
+		}
+		if opt.Password = strings.TrimRight(string(b), "\r\n"); opt.Password == "" {
+			return nil, fmt.Errorf("redis_password_file %s is empty", cfg.RedisPasswordFile)
+		}
+	}
+	opt.ClientName = "cometserver"
+	return redisengine.New(redisengine.Options{Client: opt, Prefix: cfg.RedisPrefix, Limits: limits})
+}
+
+// historyStats is what the in-memory engine's histories hold; a shared
+// engine's live in Redis, which reports them itself.
+func historyStats(e engine.Engine) (messages, bytes int64) {
+	if m, ok := e.(*memory.Engine); ok {
+		return m.HistoryStats()
+	}
+	return 0, 0
+}
+
+// isReady is /readyz: serving, not draining, and the engine able to serve.
+func (s *Server) isReady() bool { return s.ready.Load() && s.engine.Status().Ready }
+
+// channels is the number of live channels (with a shared engine, the
+// fleet's); -1 if the engine cannot tell now.
 func (s *Server) channels() int {
-	n, _ := s.engine.Len(context.Background()) // the in-memory engine cannot fail
+	n, err := s.engine.Len(context.Background())
+	if err != nil {
+		return -1
+	}
 	return n
 }
 
@@ -319,10 +365,21 @@ func (s *Server) Status() admin.StatusReply {
 		Channels:           s.channels(),
 		MaxVirtualChannels: limits.MaxVirtualChannels,
 		Waiting:            s.poll.Waiting(),
+		Broker:             brokerStatus(s.engine.Status()),
 		Draining:           snap.Draining,
 		Version:            Version,
 		PID:                os.Getpid(),
 		StartedAt:          s.started.UTC().Format(time.RFC3339),
+	}
+}
+
+func brokerStatus(st engine.Status) admin.BrokerStatus {
+	return admin.BrokerStatus{
+		Name:          st.Broker,
+		Ready:         st.Ready,
+		LastError:     st.LastError,
+		RTTSeconds:    st.RTT.Seconds(),
+		Subscriptions: st.Subscriptions,
 	}
 }
 

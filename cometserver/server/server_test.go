@@ -82,7 +82,8 @@ func TestStatus(t *testing.T) {
 	}
 	want := admin.StatusReply{Activated: false, Timeout: 7, TimeoutNanoseconds: int64(7 * time.Second), Channels: 2,
 		MaxVirtualChannels: st.MaxVirtualChannels, Waiting: 0, Draining: false, Version: Version, PID: os.Getpid(), StartedAt: st.StartedAt,
-		HistorySize: 7, HistoryTTL: 90, HistoryTTLNs: int64(90 * time.Second)}
+		HistorySize: 7, HistoryTTL: 90, HistoryTTLNs: int64(90 * time.Second),
+		Broker: admin.BrokerStatus{Name: "memory", Ready: true}}
 	if st != want || st.MaxVirtualChannels == nil || *st.MaxVirtualChannels != 3 {
 		t.Fatalf("status %+v, want %+v with max 3", st, want)
 	}

@@ -114,16 +114,33 @@ func (s *Server) Restart() {
 	s.start()
 }
 
-// RestartKeepingData saves the data set, stops the server, waits down for
-// the given time, and starts it again with that data, as a Redis with
-// persistence comes back.
+// RestartKeepingData stops the server with SHUTDOWN SAVE (every write it
+// acknowledged is saved), waits down for the given time, and starts it
+// again with that data, as a Redis with persistence comes back.
 func (s *Server) RestartKeepingData(down time.Duration) {
+	s.t.Helper()
+	Do(s.Addr, "SHUTDOWN", "SAVE") // no reply: the connection closes
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		s.t.Fatalf("redis-server on %s did not exit on SHUTDOWN SAVE: %s", s.Addr, s.Log())
+	}
+	time.Sleep(down)
+	s.start()
+}
+
+// RestartLosingWrites saves the data set, lets writes go on for the given
+// time, then kills the server and starts it from the save: the writes
+// since are gone while their keys remain, as after a failover to a replica
+// that lagged or a restart from an older snapshot.
+func (s *Server) RestartLosingWrites(writes time.Duration) {
 	s.t.Helper()
 	if _, err := Do(s.Addr, "SAVE"); err != nil {
 		s.t.Fatalf("SAVE: %v", err)
 	}
-	s.Stop()
-	time.Sleep(down)
+	time.Sleep(writes)
+	s.cmd.Process.Kill()
+	<-s.done
 	s.start()
 }
 

@@ -397,6 +397,18 @@ func (p *partition) catchUpOne(id string) error {
 			top, pubs, err = p.e.history(ctx, c, id, 1)
 			return err
 		}
+		if err == nil && top.Epoch == epoch && top.Offset < from-1 {
+			// Redis lost writes this server saw (a restart from an older
+			// snapshot, a failover to a lagging replica): their offsets
+			// would name other messages. A new epoch tells resuming
+			// clients of the gap.
+			meta, stream, _ := p.e.keys(id)
+			err = newEpochScript.Exec(ctx, c, []string{meta, stream}, []string{epoch, randomString(6)}).Error()
+			if err != nil && !rueidis.IsRedisNil(err) {
+				return err
+			}
+			top, pubs, err = p.e.history(ctx, c, id, 1)
+		}
 		if err == nil && top.Epoch != epoch {
 			top, pubs, err = p.e.history(ctx, c, id, 1) // made again: all of the new epoch
 		}

@@ -97,3 +97,14 @@ for _, k in ipairs(KEYS) do
 end
 return 0
 `)
+
+// newEpoch gives a channel a new epoch and drops its history, if its
+// epoch is still the one given. KEYS: meta, stream. ARGV: old epoch, new
+// epoch. Returns the channel's epoch, or nil if it is not live.
+var newEpochScript = rueidis.NewLuaScript(`
+local e = redis.call('HGET', KEYS[1], 'e')
+if e ~= ARGV[1] then return e end
+redis.call('HSET', KEYS[1], 'e', ARGV[2])
+redis.call('DEL', KEYS[2])
+return ARGV[2]
+`)

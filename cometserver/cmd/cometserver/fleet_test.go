@@ -1,0 +1,329 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cometop/comet-operator/cometserver/cometclient"
+	"github.com/cometop/comet-operator/test/bounded"
+	"github.com/cometop/comet-operator/test/redistest"
+)
+
+// fleet is several server processes on one Redis.
+type fleet struct {
+	t       *testing.T
+	servers []*server
+	alive   []atomic.Bool
+}
+
+func startFleet(t *testing.T, n int, redisURL string) *fleet {
+	t.Helper()
+	f := &fleet{t: t, alive: make([]atomic.Bool, n)}
+	yaml := "broker: redis\nredis_url: " + redisURL + "\nredis_prefix: fleet\nhistory_size: 1000\nhistory_ttl: 5m\ntimeout: 30s\n"
+	for i := range n {
+		f.servers = append(f.servers, startServer(t, yaml))
+		f.alive[i].Store(true)
+	}
+	for _, s := range f.servers {
+		bounded.Wait(t, "the server to be ready on Redis", 20*time.Second, func() bool {
+			resp, err := http.Get(s.publisher + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		})
+	}
+	return f
+}
+
+// counter counts, per subscriber, what each message id was received.
+type counter struct {
+	mu   sync.Mutex
+	seen map[string]int
+	gaps int
+}
+
+// publish writes msg to channel id through server s; it reports whether
+// the server acknowledged it (200).
+func publish(s *server, id, msg string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.publisher+"/v1/channels/"+id+"/messages", strings.NewReader(msg))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+// TestFleetLosesNothing runs three servers on one Redis (standalone, then
+// a 3-master Cluster). Subscribers poll a different server each time (no
+// sticky sessions) with resume; publishers write through every server. One
+// server is killed mid-run. Every acknowledged message must reach every
+// subscriber exactly once.
+func TestFleetLosesNothing(t *testing.T) {
+	bounded.Test(t, 3*time.Minute)
+	for _, tc := range []struct {
+		name string
+		url  func(t *testing.T) string
+	}{
+		{"standalone", func(t *testing.T) string { return "redis://" + redistest.Start(t).Addr }},
+		{"cluster", func(t *testing.T) string {
+			addrs := redistest.StartCluster(t, 3).Addrs()
+			return "redis://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFleet(t, 3, tc.url(t))
+			channels := []string{"alpha", "beta", "gamma"}
+			for _, id := range channels {
+				f.servers[0].createChannel(id)
+			}
+			const subscribers, perPublisher = 6, 40
+			counts := make([]*counter, subscribers)
+			ctx, stop := context.WithCancel(context.Background())
+			defer stop()
+			var polls sync.WaitGroup
+			for i := range subscribers {
+				counts[i] = &counter{seen: map[string]int{}}
+				polls.Add(1)
+				go func() {
+					defer polls.Done()
+					c := &cometclient.Client{HTTP: &http.Client{Timeout: 10 * time.Second}}
+					c.Add(channels...)
+					for n := i; ctx.Err() == nil; n++ {
+						k := n % len(f.servers)
+						if !f.alive[k].Load() {
+							continue
+						}
+						c.Endpoint = f.servers[k].client
+						r, err := c.Poll(ctx)
+						if err != nil || r.Status != 200 {
+							continue // the next poll goes elsewhere, from the same positions
+						}
+						counts[i].mu.Lock()
+						for _, m := range r.Messages {
+							switch {
+							case m.Gap:
+								counts[i].gaps++
+							case !m.Ended:
+								counts[i].seen[m.Channel+"/"+string(m.Data)]++
+							}
+						}
+						counts[i].mu.Unlock()
+					}
+				}()
+			}
+			// Every subscriber waits before the first write: its first
+			// poll starts from the channels' positions then.
+			bounded.Wait(t, "every subscriber's first poll to wait", 30*time.Second, func() bool {
+				n := 0
+				for _, s := range f.servers {
+					n += s.status().Waiting
+				}
+				return n == subscribers
+			})
+
+			var mu sync.Mutex
+			acked := map[string]bool{}
+			var pubs sync.WaitGroup
+			for k, s := range f.servers {
+				pubs.Add(1)
+				go func() {
+					defer pubs.Done()
+					for j := range perPublisher {
+						if k == 2 && j == perPublisher/2 {
+							f.alive[2].Store(false)
+							s.cmd.Process.Kill() // mid-run, with polls waiting on it
+							return
+						}
+						id := channels[j%len(channels)]
+						msg := fmt.Sprintf("s%d-%d", k, j)
+						if publish(s, id, msg) {
+							mu.Lock()
+							acked[id+"/"+msg] = true
+							mu.Unlock()
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
+				}()
+			}
+			pubs.Wait()
+			mu.Lock()
+			want := len(acked)
+			mu.Unlock()
+			if want < 2*perPublisher {
+				t.Fatalf("only %d writes acknowledged", want)
+			}
+			// Well within the poll timeout: a write reaches polls waiting on
+			// the other servers through Redis, not at their next poll.
+			bounded.Wait(t, "every subscriber to have every acknowledged message", 15*time.Second, func() bool {
+				for _, c := range counts {
+					c.mu.Lock()
+					n := 0
+					for m := range acked {
+						if c.seen[m] > 0 {
+							n++
+						}
+					}
+					c.mu.Unlock()
+					if n < want {
+						return false
+					}
+				}
+				return true
+			})
+			stop()
+			polls.Wait()
+			for i, c := range counts {
+				for m, n := range c.seen {
+					if n > 1 {
+						t.Errorf("subscriber %d got %s %d times", i, m, n)
+					}
+					if !acked[m] && !strings.HasPrefix(m[strings.IndexByte(m, '/')+1:], "s2-") {
+						t.Errorf("subscriber %d got %s, never written", i, m)
+					}
+				}
+				if c.gaps != 0 {
+					t.Errorf("subscriber %d was told of %d gaps", i, c.gaps)
+				}
+			}
+			t.Logf("%d subscribers x %d acknowledged messages, each once, through a killed server", subscribers, want)
+		})
+	}
+}
+
+// TestFleetThroughRedisRestart stops Redis for three seconds mid-run and
+// brings it back with its data: servers answer 503 meanwhile, publishers
+// retry, and every acknowledged message reaches every subscriber once.
+// Then Redis comes back empty: the channel is made again under a new
+// epoch and every subscriber is told of the gap before the next message.
+func TestFleetThroughRedisRestart(t *testing.T) {
+	bounded.Test(t, 3*time.Minute)
+	r := redistest.Start(t)
+	f := startFleet(t, 2, "redis://"+r.Addr)
+	f.servers[0].createChannel("news")
+	const subscribers = 4
+	counts := make([]*counter, subscribers)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var polls sync.WaitGroup
+	for i := range subscribers {
+		counts[i] = &counter{seen: map[string]int{}}
+		polls.Add(1)
+		go func() {
+			defer polls.Done()
+			c := &cometclient.Client{HTTP: &http.Client{Timeout: 40 * time.Second}}
+			c.Add("news")
+			for n := i; ctx.Err() == nil; n++ {
+				c.Endpoint = f.servers[n%len(f.servers)].client
+				r, err := c.Poll(ctx)
+				if err != nil || r.Status != 200 {
+					time.Sleep(100 * time.Millisecond) // as comet.js backs off
+					continue
+				}
+				counts[i].mu.Lock()
+				for _, m := range r.Messages {
+					switch {
+					case m.Gap:
+						counts[i].gaps++
+						counts[i].seen["gap@"+fmt.Sprint(len(counts[i].seen))]++
+					case !m.Ended:
+						counts[i].seen[string(m.Data)]++
+					}
+				}
+				counts[i].mu.Unlock()
+			}
+		}()
+	}
+	bounded.Wait(t, "every subscriber's first poll to wait", 30*time.Second, func() bool {
+		return f.servers[0].status().Waiting+f.servers[1].status().Waiting == subscribers
+	})
+	// publishRetrying writes until a server acknowledges, as a publisher
+	// that honours 503 Retry-After does.
+	publishRetrying := func(k int, msg string) {
+		bounded.Wait(t, "a write of "+msg+" to be acknowledged", 60*time.Second, func() bool {
+			if publish(f.servers[k%2], "news", msg) {
+				return true
+			}
+			time.Sleep(200 * time.Millisecond)
+			return false
+		})
+	}
+	var refused atomic.Int32
+	var pubs sync.WaitGroup
+	for k := range 2 {
+		pubs.Add(1)
+		go func() {
+			defer pubs.Done()
+			for j := range 30 {
+				if !publish(f.servers[k], "news", fmt.Sprintf("m%d-%d", k, j)) {
+					refused.Add(1)
+					publishRetrying(k, fmt.Sprintf("m%d-%d", k, j))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	r.RestartKeepingData(3 * time.Second)
+	pubs.Wait()
+	if refused.Load() == 0 {
+		t.Fatal("no write was refused while Redis was down")
+	}
+	have := func(c *counter, msgs ...string) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, m := range msgs {
+			if c.seen[m] == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	var all []string
+	for k := range 2 {
+		for j := range 30 {
+			all = append(all, fmt.Sprintf("m%d-%d", k, j))
+		}
+	}
+	bounded.Wait(t, "every subscriber to have all 60", 30*time.Second, func() bool {
+		for _, c := range counts {
+			if !have(c, all...) {
+				return false
+			}
+		}
+		return true
+	})
+
+	r.Restart() // empty
+	publishRetrying(0, "after")
+	bounded.Wait(t, "every subscriber to have the message after the empty restart", 30*time.Second, func() bool {
+		for _, c := range counts {
+			if !have(c, "after") {
+				return false
+			}
+		}
+		return true
+	})
+	stop()
+	polls.Wait()
+	for i, c := range counts {
+		for m, n := range c.seen {
+			if n > 1 {
+				t.Errorf("subscriber %d got %s %d times", i, m, n)
+			}
+		}
+		if c.gaps != 1 {
+			t.Errorf("subscriber %d was told of %d gaps, want 1 (the empty restart)", i, c.gaps)
+		}
+	}
+}
