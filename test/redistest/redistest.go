@@ -30,14 +30,15 @@ type Server struct {
 }
 
 // Start runs a standalone redis-server on a free loopback port, without
-// persistence, and stops it when the test ends.
-func Start(t testing.TB) *Server {
+// persistence and with the extra arguments given (such as "--requirepass",
+// "pw"), and stops it when the test ends.
+func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	s := &Server{t: t, dir: t.TempDir()}
 	s.Addr = freeAddr(t)
 	_, port, _ := net.SplitHostPort(s.Addr)
-	s.args = []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--dir", s.dir}
+	s.args = append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", s.dir}, extra...)
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
@@ -63,8 +64,9 @@ func (s *Server) start() {
 	go func() { s.cmd.Wait(); log.Close(); close(s.done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if reply, err := Do(s.Addr, "PING"); err == nil && reply == "PONG" {
-			return
+		reply, err := Do(s.Addr, "PING")
+		if err == nil && reply == "PONG" || err != nil && strings.Contains(err.Error(), "NOAUTH") {
+			return // up (NOAUTH: up, with a password)
 		}
 		select {
 		case <-s.done:

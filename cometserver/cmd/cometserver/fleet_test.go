@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -325,5 +326,62 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 		if c.gaps != 1 {
 			t.Errorf("subscriber %d was told of %d gaps, want 1 (the empty restart)", i, c.gaps)
 		}
+	}
+}
+
+// httpStatus sends a request and returns its status and Retry-After.
+func httpStatus(t *testing.T, method, url, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if method == http.MethodPost && strings.HasSuffix(url, "/comet") {
+		req.Header.Set("Content-Type", cometclient.ContentType)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return -1, ""
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Retry-After")
+}
+
+// A server whose Redis is gone is not ready, and answers so that clients
+// and publishers retry; it comes back by itself. Its password comes from
+// a file, and a wrong one is reported.
+func TestRedisDownIsNotReady(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
+	r := redistest.Start(t, "--requirepass", "s3cret")
+	pw := t.TempDir() + "/pw"
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	s := startServer(t, "broker: redis\nredis_url: redis://"+r.Addr+"\nredis_password_file: "+pw+"\n")
+	ready := func() bool { code, _ := httpStatus(t, http.MethodGet, s.publisher+"/readyz", ""); return code == 200 }
+	bounded.Wait(t, "ready with the password from its file", 20*time.Second, ready)
+	s.createChannel("c")
+	if st := s.status(); st.Broker.Name != "redis" || !st.Broker.Ready || st.Broker.Subscriptions != 0 || st.Channels != 1 {
+		t.Fatalf("status %+v", st)
+	}
+
+	r.Stop()
+	bounded.Wait(t, "not ready once Redis is gone", 15*time.Second, func() bool { return !ready() })
+	if code, retry := httpStatus(t, http.MethodPost, s.publisher+"/v1/channels/c/messages", "m"); code != 503 || retry == "" {
+		t.Errorf("write with Redis down: %d, Retry-After %q; want 503 with Retry-After", code, retry)
+	}
+	if code, _ := httpStatus(t, http.MethodPost, s.client, cometclient.Body("c")); code != 503 {
+		t.Errorf("poll with Redis down: %d, want 503", code)
+	}
+	if st := s.status(); st.Broker.Ready || st.Broker.LastError == "" {
+		t.Errorf("status with Redis down: %+v; want not ready, with the error", st.Broker)
+	}
+	r.Restart() // empty, same password
+	bounded.Wait(t, "ready again", 20*time.Second, ready)
+
+	// A wrong password: never ready, and the status says why.
+	os.WriteFile(pw, []byte("wrong"), 0o600)
+	s2 := startServer(t, "broker: redis\nredis_url: redis://"+r.Addr+"\nredis_password_file: "+pw+"\n")
+	bounded.Wait(t, "the status to say WRONGPASS", 10*time.Second, func() bool {
+		b := s2.status().Broker
+		return strings.Contains(b.LastError, "WRONGPASS")
+	})
+	if code, _ := httpStatus(t, http.MethodGet, s2.publisher+"/readyz", ""); code != 503 {
+		t.Fatalf("ready with a wrong password: %d", code)
 	}
 }
