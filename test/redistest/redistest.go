@@ -131,16 +131,16 @@ func (s *Server) RestartKeepingData(down time.Duration) {
 	s.start()
 }
 
-// RestartLosingWrites saves the data set, lets writes go on for the given
-// time, then kills the server and starts it from the save: the writes
-// since are gone while their keys remain, as after a failover to a replica
-// that lagged or a restart from an older snapshot.
-func (s *Server) RestartLosingWrites(writes time.Duration) {
+// RestartLosingWrites saves the data set, runs writes, then kills the
+// server and starts it from the save: the writes are gone while the keys
+// saved before remain, as after a failover to a replica that lagged or a
+// restart from an older snapshot.
+func (s *Server) RestartLosingWrites(writes func()) {
 	s.t.Helper()
 	if _, err := Do(s.Addr, "SAVE"); err != nil {
 		s.t.Fatalf("SAVE: %v", err)
 	}
-	time.Sleep(writes)
+	writes()
 	s.cmd.Process.Kill()
 	<-s.done
 	s.start()

@@ -441,3 +441,49 @@ func TestHungRedisIsNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A Redis that comes back from an older save has lost writes a server
+// handed out; the watched channel gets a new epoch, so that no offset
+// names two messages, and a resume from the old epoch is a gap.
+func TestLostWritesGetANewEpoch(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
+	b := backends(t)[0]
+	pub, _ := newEngine(t, b, "lost", history)
+	sub, rs := newEngine(t, b, "lost", history)
+	if _, err := pub.Create(bg, "l"); err != nil {
+		t.Fatal(err)
+	}
+	top, err := sub.Subscribe(bg, "l")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(bg, "l", []byte("kept"), nil); err != nil {
+		t.Fatal(err)
+	}
+	b.server.RestartLosingWrites(func() {
+		for _, m := range []string{"lost1", "lost2"} {
+			if _, err := pub.Publish(bg, "l", []byte(m), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bounded.Wait(t, "the subscriber to get all three", 10*time.Second, func() bool { return rs.got("l") == "1:kept 2:lost1 3:lost2" })
+	})
+	bounded.Wait(t, "a new epoch for the channel", 20*time.Second, func() bool {
+		info, err := pub.Info(bg, "l")
+		return err == nil && info.Position.Epoch != top.Epoch
+	})
+	pos, err := pub.Publish(bg, "l", []byte("new"), nil)
+	if err != nil || pos.Offset != 2 {
+		t.Fatalf("publish after the loss: %v %v; want offset 2 of the new epoch", pos, err)
+	}
+	bounded.Wait(t, "the subscriber to get it", 10*time.Second, func() bool { return rs.got("l") == "1:kept 2:lost1 3:lost2 2:new" })
+	rs.mu.Lock()
+	last := rs.pubs["l"][3].Position
+	rs.mu.Unlock()
+	if last.Epoch == top.Epoch {
+		t.Fatalf("the message after the loss came in the old epoch: %v", last)
+	}
+	if h, err := pub.History(bg, "l", &engine.Position{Offset: 3, Epoch: top.Epoch}); err != nil || !h.Gap {
+		t.Fatalf("resume from the old epoch: %+v %v; want a gap", h, err)
+	}
+}
