@@ -66,7 +66,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	server := fs.String("cometserver", "", "cometserver binary (default: built from this checkout)")
-	servers := fs.String("servers", "comet", "servers to run, in turn: comet, nchan, pushpin")
+	servers := fs.String("servers", "comet", "servers to run, in turn: comet, comet-nohistory, comet-resume, comet-redis, nchan, pushpin")
 	clients := fs.Int("clients", 10000, "hold: waiting long polls")
 	channelCount := fs.Int("channels", 100, "channels the clients spread over")
 	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
@@ -135,9 +135,9 @@ func parseRates(s string) []int {
 // server is a push server under test, running as its own process tree.
 type server interface {
 	Name() string
-	PID() int
+	PIDs() []int      // the server's processes; their descendants count too
 	Protocol() string // the workers' poller
-	URL() string      // what the workers poll
+	URLs() []string   // what the workers poll, one each in turn
 	Channels(n int) ([]string, error)
 	Publish(hc *http.Client, channel, body string) error
 	Held() (int, error) // long polls the server holds now
@@ -157,8 +157,10 @@ func startServer(name, cometBin string) (server, error) {
 		return startNchan()
 	case "pushpin":
 		return startPushpin()
+	case "comet-redis": // three servers on one Redis, clients that resume
+		return startFleet(cometBin, 3)
 	}
-	return nil, fmt.Errorf("unknown server %q (comet, comet-nohistory, comet-resume, nchan, pushpin)", name)
+	return nil, fmt.Errorf("unknown server %q (comet, comet-nohistory, comet-resume, comet-redis, nchan, pushpin)", name)
 }
 
 // cometTarget is this project's server.
@@ -174,9 +176,9 @@ type cometTarget struct {
 
 func (t *cometTarget) Name() string     { return t.name }
 func (t *cometTarget) Resume() bool     { return t.resume }
-func (t *cometTarget) PID() int         { return t.cmd.Process.Pid }
+func (t *cometTarget) PIDs() []int      { return []int{t.cmd.Process.Pid} }
 func (t *cometTarget) Protocol() string { return "comet" }
-func (t *cometTarget) URL() string      { return t.client }
+func (t *cometTarget) URLs() []string   { return []string{t.client} }
 
 // profile writes a CPU profile of d to profileFile.
 func (t *cometTarget) profile(d time.Duration) error {
@@ -348,7 +350,8 @@ func startWorkers(srv server, channels []string, clients int, abortMean time.Dur
 			w.stop()
 			return nil, err
 		}
-		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: srv.URL(), Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i),
+		urls := srv.URLs()
+		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: urls[i%len(urls)], Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i),
 			AbortMean: abortMean, Resume: srv.Resume()})
 		fmt.Fprintf(in, "%s\n", j)
 		sc := bufio.NewScanner(out)

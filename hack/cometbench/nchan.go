@@ -51,9 +51,9 @@ func startNchan() (*nchanTarget, error) {
 }
 
 func (t *nchanTarget) Name() string     { return "nginx+nchan" }
-func (t *nchanTarget) PID() int         { return t.cmd.Process.Pid }
+func (t *nchanTarget) PIDs() []int      { return []int{t.cmd.Process.Pid} }
 func (t *nchanTarget) Protocol() string { return "nchan" }
-func (t *nchanTarget) URL() string      { return t.base }
+func (t *nchanTarget) URLs() []string   { return []string{t.base} }
 func (t *nchanTarget) Stop()            { stopProcess(t.cmd); os.RemoveAll(t.dir) }
 
 // Channels names them: Nchan makes a channel on its first use.

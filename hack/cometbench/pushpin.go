@@ -111,9 +111,9 @@ func privateLibdir(dst string) error {
 }
 
 func (t *pushpinTarget) Name() string     { return "pushpin" }
-func (t *pushpinTarget) PID() int         { return t.cmd.Process.Pid }
+func (t *pushpinTarget) PIDs() []int      { return []int{t.cmd.Process.Pid} }
 func (t *pushpinTarget) Protocol() string { return "pushpin" }
-func (t *pushpinTarget) URL() string      { return t.base }
+func (t *pushpinTarget) URLs() []string   { return []string{t.base} }
 
 func (t *pushpinTarget) Stop() {
 	stopProcess(t.cmd)

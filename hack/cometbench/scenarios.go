@@ -35,7 +35,7 @@ func setUp(name, cometBin string, channelCount, clients int, abortMean time.Dura
 		return nil, err
 	}
 	time.Sleep(time.Second)
-	r := &run{srv: srv, channels: channels, idle: rssKiB(srv.PID())}
+	r := &run{srv: srv, channels: channels, idle: rssKiB(srv.PIDs()...)}
 	if r.w, err = startWorkers(srv, channels, clients, abortMean); err != nil {
 		srv.Stop()
 		return nil, err
@@ -57,19 +57,36 @@ func (r *run) tearDown() {
 // generator (this process and its workers) over an interval, in percent of
 // one core.
 type cpuMeter struct {
-	r                 *run
-	server, generator int64
-	at                time.Time
+	r                         *run
+	server, generator, broker int64
+	at                        time.Time
 }
 
+// brokered is a server with a broker process (Redis) among its PIDs.
+type brokered interface{ brokerPIDs() []int }
+
 func (r *run) startCPU() cpuMeter {
-	return cpuMeter{r: r, server: cpuTicks(r.srv.PID()), generator: r.generatorTicks(), at: time.Now()}
+	m := cpuMeter{r: r, server: cpuTicks(r.srv.PIDs()...), generator: r.generatorTicks(), at: time.Now()}
+	if b, ok := r.srv.(brokered); ok {
+		m.broker = cpuTicks(b.brokerPIDs()...)
+	}
+	return m
+}
+
+// brokerCPU is the broker's part of the server CPU since the start, in
+// percent of one core; ok false for a server without one.
+func (m cpuMeter) brokerCPU() (pct float64, ok bool) {
+	b, ok := m.r.srv.(brokered)
+	if !ok {
+		return 0, false
+	}
+	return float64(cpuTicks(b.brokerPIDs()...)-m.broker) / time.Since(m.at).Seconds(), true
 }
 
 func (m cpuMeter) stop() (server, generator float64) {
 	secs := time.Since(m.at).Seconds()
 	pct := func(ticks int64) float64 { return float64(ticks) / 100 / secs * 100 }
-	return pct(cpuTicks(m.r.srv.PID()) - m.server), pct(m.r.generatorTicks() - m.generator)
+	return pct(cpuTicks(m.r.srv.PIDs()...) - m.server), pct(m.r.generatorTicks() - m.generator)
 }
 
 // generatorTicks is this process alone (the servers are its children too)
@@ -111,7 +128,10 @@ func hold(name, cometBin string, clients, channelCount int) (holdRow, error) {
 	meter := run.startCPU()
 	time.Sleep(5 * time.Second)
 	cpu, _ := meter.stop()
-	held := rssKiB(srv.PID())
+	if b, ok := meter.brokerCPU(); ok {
+		fmt.Fprintf(os.Stderr, "%s holding: of the server CPU, redis-server %.1f%%\n", srv.Name(), b)
+	}
+	held := rssKiB(srv.PIDs()...)
 	if c, ok := srv.(*cometTarget); ok && profileFile != "" {
 		if err := c.fetch("/debug/pprof/heap", profileFile); err != nil {
 			return holdRow{}, fmt.Errorf("heap profile: %w", err)
@@ -183,6 +203,7 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 			}
 		}
 		serverCPU, generatorCPU := meter.stop()
+		brokerCPU, brokered := meter.brokerCPU()
 		time.Sleep(500 * time.Millisecond) // let the last replies land
 		r, err := w.report()
 		if err != nil {
@@ -195,6 +216,9 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 		row := stepRow{Rate: rate, DeliveriesPerSec: float64(r.Deliveries) / step.Seconds(), P50: p50, P99: p99, Max: mx,
 			Errors: r.Errors + publishErrors, ServerCPU: serverCPU, GeneratorCPU: generatorCPU}
 		fmt.Fprint(progress, row.Markdown())
+		if brokered {
+			fmt.Fprintf(os.Stderr, "%d publishes/s: of the server CPU, redis-server %.0f%%\n", rate, brokerCPU)
+		}
 		res.Steps = append(res.Steps, row)
 		if p99 < 100 && row.Errors == 0 {
 			res.Sustained = int(row.DeliveriesPerSec)
@@ -320,7 +344,7 @@ func churn(name, cometBin string, p churnParams) (churnRow, error) {
 		}
 	}
 	time.Sleep(time.Second)
-	row.RSSAfterKiB = rssKiB(run.srv.PID())
+	row.RSSAfterKiB = rssKiB(run.srv.PIDs()...)
 	return row, nil
 }
 

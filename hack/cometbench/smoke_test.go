@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"image/png"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The test binary is also the workers' binary: startWorkers runs
@@ -80,5 +82,29 @@ func TestSmokeReport(t *testing.T) {
 	}
 	if img, err := png.Decode(bytes.NewReader(f)); err != nil || img.Bounds().Dx() < 600 {
 		t.Fatalf("plot: %v", err)
+	}
+}
+
+// The fleet target: three servers on one Redis, clients spread over them,
+// publishers on each; resuming clients lose nothing and get nothing twice.
+func TestSmokeRedisFleet(t *testing.T) {
+	row, err := hold("comet-redis", "", 300, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row.Errors != 0 || row.Waiting != 300 || row.PerRequestKiB <= 0 {
+		t.Errorf("hold: %+v", row)
+	}
+	res, err := fanout("comet-redis", "", 10, 20, []int{50, 100}, 2*time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Lost != 0 || res.Duplicated != 0 {
+		t.Errorf("fan-out across the fleet: lost %d, duplicated %d; want none", res.Lost, res.Duplicated)
+	}
+	for _, s := range res.Steps {
+		if s.DeliveriesPerSec == 0 || s.Errors != 0 {
+			t.Errorf("fanout step %+v", s)
+		}
 	}
 }

@@ -25,6 +25,15 @@ func summarize(lat []float64) (p50, p99, max float64) {
 	return percentile(lat, 50), percentile(lat, 99), lat[len(lat)-1]
 }
 
+// procTrees is the processes and their descendants.
+func procTrees(pids []int) []int {
+	var all []int
+	for _, pid := range pids {
+		all = append(all, procTree(pid)...)
+	}
+	return all
+}
+
 // procTree is a process and its descendants, for RSS and CPU of a server
 // that forks workers (nginx does).
 func procTree(pid int) []int {
@@ -44,9 +53,9 @@ func procTree(pid int) []int {
 }
 
 // rssKiB is the resident memory of a process tree, in KiB.
-func rssKiB(pid int) int64 {
+func rssKiB(pids ...int) int64 {
 	var total int64
-	for _, p := range procTree(pid) {
+	for _, p := range procTrees(pids) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		if err != nil {
 			continue
@@ -63,9 +72,9 @@ func rssKiB(pid int) int64 {
 
 // cpuTicks is the user and system time of a process tree, in clock ticks
 // (1/100 s on Linux).
-func cpuTicks(pid int) int64 {
+func cpuTicks(pids ...int) int64 {
 	var total int64
-	for _, p := range procTree(pid) {
+	for _, p := range procTrees(pids) {
 		total += processTicks(p)
 	}
 	return total
