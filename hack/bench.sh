@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVERS=${SERVERS:-comet,comet-nohistory,comet-resume,nchan,pushpin}
+SERVERS=${SERVERS:-comet,comet-nohistory,comet-resume,comet-redis,nchan,pushpin}
+[[ $SERVERS == *comet-redis* ]] && hack/install-redis.sh
 packages=()
 [[ $SERVERS == *nchan* ]] && packages+=(nginx-light libnginx-mod-nchan)
 [[ $SERVERS == *pushpin* ]] && packages+=(pushpin zurl)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -21,6 +22,7 @@ type reportParams struct {
 	Quick          bool // small sizes, to check the tool
 	HoldSizes      []int
 	HoldChannels   int
+	FleetHold      int // comet-redis also holds this many, over its three processes
 	FanChannels    int
 	FanSubscribers int
 	Rates          []int
@@ -30,12 +32,12 @@ type reportParams struct {
 
 func (p *reportParams) sizes() {
 	if p.Quick {
-		p.HoldSizes, p.HoldChannels = []int{300, 600}, 10
+		p.HoldSizes, p.HoldChannels, p.FleetHold = []int{300, 600}, 10, 900
 		p.FanChannels, p.FanSubscribers, p.Rates, p.Step = 10, 10, []int{20, 40}, time.Second
 		p.Churn = churnParams{Clients: 200, Channels: 10, Rate: 20, AbortMean: 500 * time.Millisecond, Duration: 3 * time.Second}
 		return
 	}
-	p.HoldSizes, p.HoldChannels = []int{10000, 19000}, 100
+	p.HoldSizes, p.HoldChannels, p.FleetHold = []int{10000, 19000}, 100, 50000
 	p.FanChannels, p.FanSubscribers, p.Rates, p.Step = 100, 100, []int{50, 100, 200, 300, 400, 600, 800}, 5*time.Second
 	p.Churn = churnParams{Clients: 5000, Channels: 100, Rate: 100, AbortMean: 5 * time.Second, Duration: 20 * time.Second}
 }
@@ -91,6 +93,14 @@ func runReport(p reportParams) (reportData, error) {
 			}
 			d.Hold = append(d.Hold, row)
 		}
+	}
+	if slices.Contains(p.Servers, "comet-redis") { // past one process's open-file cap
+		say("hold %d on comet-redis", p.FleetHold)
+		row, err := hold("comet-redis", p.CometBin, p.FleetHold, p.HoldChannels)
+		if err != nil {
+			return d, fmt.Errorf("hold %d on comet-redis: %w", p.FleetHold, err)
+		}
+		d.Hold = append(d.Hold, row)
 	}
 	for _, name := range p.Servers {
 		say("fanout on %s", name)

@@ -108,13 +108,23 @@ type holdRow struct {
 	IdleKiB, HeldKiB   int64
 	PerRequestKiB, CPU float64
 	Errors             int64
+	BrokerCPU          *float64 // redis-server's part of CPU, for a fleet
 }
 
 const holdHeader = "| server | waiting | channels | RSS idle | RSS holding | per waiting request | CPU holding | errors |\n|---|---|---|---|---|---|---|---|\n"
 
 func (r holdRow) Markdown() string {
-	return fmt.Sprintf("| %s | %s | %d | %s KiB | %s KiB | %.1f KiB | %.1f%% | %s |\n",
-		r.Server, thousands(int64(r.Waiting)), r.Channels, thousands(r.IdleKiB), thousands(r.HeldKiB), r.PerRequestKiB, r.CPU, thousands(r.Errors))
+	return fmt.Sprintf("| %s | %s | %d | %s KiB | %s KiB | %.1f KiB | %.1f%%%s | %s |\n",
+		r.Server, thousands(int64(r.Waiting)), r.Channels, thousands(r.IdleKiB), thousands(r.HeldKiB), r.PerRequestKiB, r.CPU,
+		brokerNote(r.BrokerCPU, "%.1f"), thousands(r.Errors))
+}
+
+// brokerNote is " (Redis N%)" for a fleet's CPU column, "" otherwise.
+func brokerNote(cpu *float64, format string) string {
+	if cpu == nil {
+		return ""
+	}
+	return fmt.Sprintf(" (Redis "+format+"%%)", *cpu)
 }
 
 func hold(name, cometBin string, clients, channelCount int) (holdRow, error) {
@@ -128,8 +138,9 @@ func hold(name, cometBin string, clients, channelCount int) (holdRow, error) {
 	meter := run.startCPU()
 	time.Sleep(5 * time.Second)
 	cpu, _ := meter.stop()
+	var brokerCPU *float64
 	if b, ok := meter.brokerCPU(); ok {
-		fmt.Fprintf(os.Stderr, "%s holding: of the server CPU, redis-server %.1f%%\n", srv.Name(), b)
+		brokerCPU = &b
 	}
 	held := rssKiB(srv.PIDs()...)
 	if c, ok := srv.(*cometTarget); ok && profileFile != "" {
@@ -146,7 +157,7 @@ func hold(name, cometBin string, clients, channelCount int) (holdRow, error) {
 	}
 	return holdRow{
 		Server: srv.Name(), Waiting: clients, Channels: channelCount, IdleKiB: run.idle, HeldKiB: held,
-		PerRequestKiB: float64(held-run.idle) / float64(clients), CPU: cpu, Errors: r.Errors,
+		PerRequestKiB: float64(held-run.idle) / float64(clients), CPU: cpu, Errors: r.Errors, BrokerCPU: brokerCPU,
 	}, nil
 }
 
@@ -157,6 +168,7 @@ type stepRow struct {
 	P50, P99, Max           float64 // ms
 	Errors                  int64
 	ServerCPU, GeneratorCPU float64
+	BrokerCPU               *float64 // redis-server's part of ServerCPU, for a fleet
 }
 
 // fanoutResult is one server's fan-out.
@@ -171,8 +183,8 @@ type fanoutResult struct {
 const stepHeader = "| publishes/s | deliveries/s | p50 | p99 | max | errors | server CPU | generator CPU |\n|---|---|---|---|---|---|---|---|\n"
 
 func (s stepRow) Markdown() string {
-	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %.0f%% | %.0f%% |\n", s.Rate, thousands(int64(s.DeliveriesPerSec)),
-		ms(s.P50), ms(s.P99), ms(s.Max), thousands(s.Errors), s.ServerCPU, s.GeneratorCPU)
+	return fmt.Sprintf("| %d | %s | %s | %s | %s | %s | %.0f%%%s | %.0f%% |\n", s.Rate, thousands(int64(s.DeliveriesPerSec)),
+		ms(s.P50), ms(s.P99), ms(s.Max), thousands(s.Errors), s.ServerCPU, brokerNote(s.BrokerCPU, "%.0f"), s.GeneratorCPU)
 }
 
 // fanout steps the publish rate up over channelCount channels with
@@ -203,7 +215,10 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 			}
 		}
 		serverCPU, generatorCPU := meter.stop()
-		brokerCPU, brokered := meter.brokerCPU()
+		var brokerCPU *float64
+		if b, ok := meter.brokerCPU(); ok {
+			brokerCPU = &b
+		}
 		time.Sleep(500 * time.Millisecond) // let the last replies land
 		r, err := w.report()
 		if err != nil {
@@ -214,11 +229,8 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 		res.Duplicated += r.Duplicated
 		p50, p99, mx := summarize(r.Latencies)
 		row := stepRow{Rate: rate, DeliveriesPerSec: float64(r.Deliveries) / step.Seconds(), P50: p50, P99: p99, Max: mx,
-			Errors: r.Errors + publishErrors, ServerCPU: serverCPU, GeneratorCPU: generatorCPU}
+			Errors: r.Errors + publishErrors, ServerCPU: serverCPU, GeneratorCPU: generatorCPU, BrokerCPU: brokerCPU}
 		fmt.Fprint(progress, row.Markdown())
-		if brokered {
-			fmt.Fprintf(os.Stderr, "%d publishes/s: of the server CPU, redis-server %.0f%%\n", rate, brokerCPU)
-		}
 		res.Steps = append(res.Steps, row)
 		if p99 < 100 && row.Errors == 0 {
 			res.Sustained = int(row.DeliveriesPerSec)
