@@ -16,6 +16,8 @@ package engine
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"strconv"
 	"strings"
@@ -183,6 +185,14 @@ func ValidEpoch(e string) bool {
 		}
 	}
 	return true
+}
+
+// RandomString returns n random bytes in base64url, the alphabet of
+// epochs and generated identifiers (A-Z a-z 0-9 - _).
+func RandomString(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // ValidName reports whether name may name a channel.

@@ -7,8 +7,6 @@ package memory
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,20 +113,13 @@ func (e *Engine) Create(_ context.Context, name string) (string, error) {
 	id := name
 	if id == "" {
 		for id == "" || e.channels[id] != nil { // a user may have named a channel like a generated id
-			id = randomString(16)
+			id = engine.RandomString(16)
 		}
 	} else if e.channels[id] != nil {
 		return "", engine.ErrNameTaken
 	}
-	e.channels[id] = &channel{id: id, epoch: randomString(6), lastActive: time.Now()}
+	e.channels[id] = &channel{id: id, epoch: engine.RandomString(6), lastActive: time.Now()}
 	return id, nil
-}
-
-// randomString returns n random bytes in the alphabet A-Z a-z 0-9 - _.
-func randomString(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 func (e *Engine) lookup(id string) *channel {

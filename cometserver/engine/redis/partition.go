@@ -329,8 +329,8 @@ func (p *partition) drop(id string) {
 func (p *partition) expect(id, token string, tracker any) <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.subs[id] == nil {
-		return nil
+	if p.subs[id] == nil || !p.up {
+		return nil // not watched, or its PUB/SUB is down: the catch-up hands it
 	}
 	pd := &pend{id: id, tracker: tracker, done: make(chan struct{})}
 	p.pending[token] = pd
@@ -403,7 +403,7 @@ func (p *partition) catchUpOne(id string) error {
 			// would name other messages. A new epoch tells resuming
 			// clients of the gap.
 			meta, stream, _ := p.e.keys(id)
-			err = newEpochScript.Exec(ctx, c, []string{meta, stream}, []string{epoch, randomString(6)}).Error()
+			err = newEpochScript.Exec(ctx, c, []string{meta, stream}, []string{epoch, engine.RandomString(6)}).Error()
 			if err != nil && !rueidis.IsRedisNil(err) {
 				return err
 			}
@@ -470,7 +470,7 @@ func (e *Engine) remake(ctx context.Context, c rueidis.Client, id string) error 
 	if err := c.Do(ctx, c.B().Zadd().Key(e.registry()).Nx().ScoreMember().ScoreMember(float64(time.Now().UnixMilli()), id).Build()).Error(); err != nil {
 		return err
 	}
-	return makeChannelScript.Exec(ctx, c, []string{meta, stream}, []string{randomString(6), "1"}).Error()
+	return makeChannelScript.Exec(ctx, c, []string{meta, stream}, []string{engine.RandomString(6), "1"}).Error()
 }
 
 // subscribe watches channel id through the partition's connection and

@@ -24,7 +24,6 @@ package redis
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -101,7 +100,7 @@ func New(o Options) (*Engine, error) {
 	if o.ProbeTimeout <= 0 {
 		o.ProbeTimeout = 3 * time.Second
 	}
-	e := &Engine{o: o, node: randomString(6), stop: make(chan struct{})}
+	e := &Engine{o: o, node: engine.RandomString(6), stop: make(chan struct{})}
 	e.SetHistory(o.Limits.HistorySize, o.Limits.HistoryTTL)
 	for k := range e.parts {
 		e.parts[k] = newPartition(e, k)
@@ -208,12 +207,16 @@ func (e *Engine) do(ctx context.Context, what string, fn func(ctx context.Contex
 	if c == nil {
 		return fmt.Errorf("%s: not connected to redis: %w", what, engine.ErrUnavailable)
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.o.OpTimeout)
+	opCtx, cancel := context.WithTimeout(ctx, e.o.OpTimeout)
 	defer cancel()
-	err := fn(ctx, *c)
+	err := fn(opCtx, *c)
 	if err == nil || errors.Is(err, engine.ErrNotFound) || errors.Is(err, engine.ErrNameTaken) ||
 		errors.Is(err, engine.ErrTooManyVirtualChannels) {
 		return err
+	}
+	if ctx.Err() != nil {
+		// The caller gave up (a publisher hung up): not Redis's failure.
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	err = fmt.Errorf("%s: %w: %w", what, engine.ErrUnavailable, err)
 	e.noteError(err)
@@ -254,7 +257,7 @@ func (e *Engine) readBoot(c rueidis.Client) error {
 }
 
 func ensureBoot(ctx context.Context, c rueidis.Client, key string) (string, error) {
-	if err := c.Do(ctx, c.B().Set().Key(key).Value(randomString(6)).Nx().Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
+	if err := c.Do(ctx, c.B().Set().Key(key).Value(engine.RandomString(6)).Nx().Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
 		return "", err
 	}
 	return c.Do(ctx, c.B().Get().Key(key).Build()).ToString()
@@ -289,7 +292,7 @@ func (e *Engine) Create(ctx context.Context, name string) (string, error) {
 		for {
 			id = name
 			if id == "" {
-				id = randomString(16)
+				id = engine.RandomString(16)
 			}
 			r, err := registerScript.Exec(ctx, c, []string{e.registry()}, []string{id, strconv.Itoa(max)}).ToString()
 			if err != nil {
@@ -305,7 +308,7 @@ func (e *Engine) Create(ctx context.Context, name string) (string, error) {
 				return engine.ErrTooManyVirtualChannels
 			}
 			meta, stream, _ := e.keys(id)
-			if err := makeChannelScript.Exec(ctx, c, []string{meta, stream}, []string{randomString(6), "0"}).Error(); err != nil {
+			if err := makeChannelScript.Exec(ctx, c, []string{meta, stream}, []string{engine.RandomString(6), "0"}).Error(); err != nil {
 				// Give the name back; if that fails too, the idle sweep
 				// (or a later Close) clears it.
 				_ = c.Do(context.WithoutCancel(ctx), c.B().Zrem().Key(e.registry()).Member(id).Build()).Error()
@@ -509,13 +512,6 @@ func (e *Engine) Subscribe(ctx context.Context, id string) (engine.Position, err
 
 func (e *Engine) Unsubscribe(ctx context.Context, id, epoch string) error {
 	return e.parts[partitionOf(id)].unsubscribe(ctx, id, epoch)
-}
-
-// randomString returns n random bytes in the alphabet A-Z a-z 0-9 - _.
-func randomString(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // backoff waits 100 ms, doubling to 5 s, each wait jittered by up to half.

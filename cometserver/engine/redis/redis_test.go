@@ -292,8 +292,9 @@ func TestIdleExpiryIsShared(t *testing.T) {
 		_, err := a.Info(bg, "quiet")
 		return errors.Is(err, engine.ErrNotFound)
 	})
-	// A listener on another server keeps its channel alive.
-	time.Sleep(3 * time.Second)
+	// A listener on another server keeps its channel alive: 4 s is past
+	// 1.5 times the expiry, when an idle channel is surely swept.
+	time.Sleep(4 * time.Second)
 	if _, err := a.Info(bg, "watched"); err != nil {
 		t.Fatalf("a channel with a listener expired: %v", err)
 	}
