@@ -60,6 +60,7 @@ type Config struct {
 	RedisURL          string `json:"redis_url"`
 	RedisPasswordFile string `json:"redis_password_file"`
 	RedisPrefix       string `json:"redis_prefix"`
+	RedisTLSCAFile    string `json:"redis_tls_ca_file"`
 
 	Demo  bool `json:"demo"`
 	Pprof bool `json:"pprof"`
@@ -155,6 +156,7 @@ func (c *Config) flags(configPath *string) *flag.FlagSet {
 	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "redis://[user@]host:port or rediss:// (TLS); more Cluster seeds as ?addr=host:port; no password")
 	fs.StringVar(&c.RedisPasswordFile, "redis-password-file", c.RedisPasswordFile, "file holding the Redis password")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", c.RedisPrefix, "start of every Redis key of this fleet")
+	fs.StringVar(&c.RedisTLSCAFile, "redis-tls-ca-file", c.RedisTLSCAFile, "PEM file of the CAs that sign Redis's certificate (rediss://; default: the system's)")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the publisher listener, behind its token")
 	fs.BoolVar(&c.Demo, "demo", c.Demo, "serve the demo page at / (binds to loopback unless --listen is set)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -286,6 +288,9 @@ func (c Config) Validate() error {
 	case "redis":
 		if err := CheckRedisURL(c.RedisURL); err != nil {
 			bad("redis_url", "%v", err)
+		}
+		if c.RedisTLSCAFile != "" && !strings.HasPrefix(c.RedisURL, "rediss://") {
+			bad("redis_tls_ca_file", "is for rediss:// only, and redis_url is %q", c.RedisURL)
 		}
 		if !validPrefix(c.RedisPrefix) {
 			bad("redis_prefix", "must be 1 to 64 of A-Z a-z 0-9 - _ ., got %q", c.RedisPrefix)

@@ -148,6 +148,7 @@ func TestErrorsNameTheField(t *testing.T) {
 		{name: "redis url without host", args: []string{"--broker", "redis", "--redis-url", "redis:///0"}, want: "redis_url: no host"},
 		{name: "redis url garbage", args: []string{"--broker", "redis", "--redis-url", "redis://r:6379/%zz"}, want: "redis_url: not a URL"},
 		{name: "redis prefix", args: []string{"--broker", "redis", "--redis-url", "redis://r:6379", "--redis-prefix", "a{b}"}, want: `redis_prefix: must be 1 to 64 of A-Z a-z 0-9 - _ ., got "a{b}"`},
+		{name: "redis CA without TLS", args: []string{"--broker", "redis", "--redis-url", "redis://r:6379", "--redis-tls-ca-file", "/ca.pem"}, want: `redis_tls_ca_file: is for rediss:// only`},
 		{name: "redis prefix empty", file: "broker: redis\nredis_url: redis://r\nredis_prefix: \"\"", want: `redis_prefix: must be 1 to 64`},
 		{name: "public publisher without token", file: `publisher_listen: ":8081"`, want: "publisher_listen: without publisher_token_file it must be a loopback address"},
 		{name: "empty socket", file: `admin_socket: ""`, want: "admin_socket: must not be empty"},

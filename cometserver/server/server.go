@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -312,6 +313,17 @@ func newEngine(cfg config.Config) (engine.Engine, error) {
 		if opt.Password = strings.TrimRight(string(b), "\r\n"); opt.Password == "" {
 			return nil, fmt.Errorf("redis_password_file %s is empty", cfg.RedisPasswordFile)
 		}
+	}
+	if cfg.RedisTLSCAFile != "" {
+		pem, err := os.ReadFile(cfg.RedisTLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis_tls_ca_file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redis_tls_ca_file %s: no PEM certificate in it", cfg.RedisTLSCAFile)
+		}
+		opt.TLSConfig.RootCAs = roots // ParseURL made TLSConfig for rediss://
 	}
 	opt.ClientName = "cometserver"
 	return redisengine.New(redisengine.Options{Client: opt, Prefix: cfg.RedisPrefix, Limits: limits})

@@ -6,8 +6,16 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -27,6 +35,9 @@ type Server struct {
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
+
+	roots  *x509.CertPool // TLS only: what trusts its certificate
+	CAFile string         // TLS only: that CA, as PEM
 }
 
 // Start runs a standalone redis-server on a free loopback port, without
@@ -42,6 +53,69 @@ func Start(t testing.TB, extra ...string) *Server {
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// StartTLS runs a standalone redis-server that speaks only TLS, with a
+// certificate for 127.0.0.1 from a CA made for the test (in CAFile).
+func StartTLS(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, dir: t.TempDir()}
+	s.Addr = freeAddr(t)
+	_, port, _ := net.SplitHostPort(s.Addr)
+	cert, key := filepath.Join(s.dir, "tls.crt"), filepath.Join(s.dir, "tls.key")
+	s.CAFile = filepath.Join(s.dir, "ca.crt")
+	s.roots = writeCerts(t, s.CAFile, cert, key)
+	s.args = []string{"--port", "0", "--tls-port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", s.dir, "--tls-cert-file", cert, "--tls-key-file", key,
+		"--tls-ca-cert-file", s.CAFile, "--tls-auth-clients", "no"}
+	s.start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// writeCerts makes a CA and a certificate it signs for 127.0.0.1, writes
+// them as PEM, and returns a pool that trusts the CA.
+func writeCerts(t testing.TB, caFile, certFile, keyFile string) *x509.CertPool {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "redistest CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, block := range map[string]*pem.Block{
+		caFile: {Type: "CERTIFICATE", Bytes: caDER}, certFile: {Type: "CERTIFICATE", Bytes: der},
+		keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return pool
 }
 
 func (s *Server) start() {
@@ -64,7 +138,11 @@ func (s *Server) start() {
 	go func() { s.cmd.Wait(); log.Close(); close(s.done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		reply, err := Do(s.Addr, "PING")
+		ping := Do
+		if s.roots != nil {
+			ping = func(addr string, args ...string) (string, error) { return DoTLS(addr, s.roots, args...) }
+		}
+		reply, err := ping(s.Addr, "PING")
 		if err == nil && reply == "PONG" || err != nil && strings.Contains(err.Error(), "NOAUTH") {
 			return // up (NOAUTH: up, with a password)
 		}
@@ -220,6 +298,20 @@ func Do(addr string, args ...string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return do(conn, args...)
+}
+
+// DoTLS is Do over TLS, trusting the given roots.
+func DoTLS(addr string, roots *x509.CertPool, args ...string) (string, error) {
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second}, Config: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	return do(conn, args...)
+}
+
+func do(conn net.Conn, args ...string) (string, error) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	var b strings.Builder

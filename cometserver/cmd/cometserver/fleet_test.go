@@ -3,8 +3,11 @@ package main_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +52,61 @@ type counter struct {
 	mu   sync.Mutex
 	seen map[string]int
 	gaps int
+}
+
+// follow polls ids until ctx ends, resuming, the n-th poll to the server
+// endpoint(n) names (none: skip it), and counts what comes.
+func (c *counter) follow(ctx context.Context, ids []string, first int, endpoint func(n int) string) {
+	cl := &cometclient.Client{HTTP: &http.Client{Timeout: 40 * time.Second}}
+	cl.Add(ids...)
+	for n := first; ctx.Err() == nil; n++ {
+		if cl.Endpoint = endpoint(n); cl.Endpoint == "" {
+			continue
+		}
+		r, err := cl.Poll(ctx)
+		if err != nil || r.Status != 200 {
+			time.Sleep(50 * time.Millisecond) // as comet.js backs off; the next poll goes elsewhere
+			continue
+		}
+		c.mu.Lock()
+		for _, m := range r.Messages {
+			switch {
+			case m.Gap:
+				c.gaps++
+			case !m.Ended:
+				c.seen[m.Channel+"/"+string(m.Data)]++
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+// has reports whether c counted every one of msgs ("channel/data").
+func (c *counter) has(msgs ...string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range msgs {
+		if c.seen[m] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkOnce fails the test for every message subscriber i got twice, and
+// if it was told of a number of gaps other than gaps.
+func (c *counter) checkOnce(t *testing.T, i, gaps int) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for m, n := range c.seen {
+		if n > 1 {
+			t.Errorf("subscriber %d got %s %d times", i, m, n)
+		}
+	}
+	if c.gaps != gaps {
+		t.Errorf("subscriber %d was told of %d gaps, want %d", i, c.gaps, gaps)
+	}
 }
 
 // publish writes msg to channel id through server s; it reports whether
@@ -98,29 +156,12 @@ func TestFleetLosesNothing(t *testing.T) {
 				polls.Add(1)
 				go func() {
 					defer polls.Done()
-					c := &cometclient.Client{HTTP: &http.Client{Timeout: 10 * time.Second}}
-					c.Add(channels...)
-					for n := i; ctx.Err() == nil; n++ {
-						k := n % len(f.servers)
-						if !f.alive[k].Load() {
-							continue
+					counts[i].follow(ctx, channels, i, func(n int) string {
+						if k := n % len(f.servers); f.alive[k].Load() {
+							return f.servers[k].client
 						}
-						c.Endpoint = f.servers[k].client
-						r, err := c.Poll(ctx)
-						if err != nil || r.Status != 200 {
-							continue // the next poll goes elsewhere, from the same positions
-						}
-						counts[i].mu.Lock()
-						for _, m := range r.Messages {
-							switch {
-							case m.Gap:
-								counts[i].gaps++
-							case !m.Ended:
-								counts[i].seen[m.Channel+"/"+string(m.Data)]++
-							}
-						}
-						counts[i].mu.Unlock()
-					}
+						return ""
+					})
 				}()
 			}
 			// Every subscriber waits before the first write: its first
@@ -168,15 +209,7 @@ func TestFleetLosesNothing(t *testing.T) {
 			// the other servers through Redis, not at their next poll.
 			bounded.Wait(t, "every subscriber to have every acknowledged message", 15*time.Second, func() bool {
 				for _, c := range counts {
-					c.mu.Lock()
-					n := 0
-					for m := range acked {
-						if c.seen[m] > 0 {
-							n++
-						}
-					}
-					c.mu.Unlock()
-					if n < want {
+					if !c.has(slices.Collect(maps.Keys(acked))...) {
 						return false
 					}
 				}
@@ -185,16 +218,12 @@ func TestFleetLosesNothing(t *testing.T) {
 			stop()
 			polls.Wait()
 			for i, c := range counts {
-				for m, n := range c.seen {
-					if n > 1 {
-						t.Errorf("subscriber %d got %s %d times", i, m, n)
-					}
+				c.checkOnce(t, i, 0)
+				for m := range c.seen {
+					// s2's last write may have been taken without an answer.
 					if !acked[m] && !strings.HasPrefix(m[strings.IndexByte(m, '/')+1:], "s2-") {
 						t.Errorf("subscriber %d got %s, never written", i, m)
 					}
-				}
-				if c.gaps != 0 {
-					t.Errorf("subscriber %d was told of %d gaps", i, c.gaps)
 				}
 			}
 			t.Logf("%d subscribers x %d acknowledged messages, each once, through a killed server", subscribers, want)
@@ -222,27 +251,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 		polls.Add(1)
 		go func() {
 			defer polls.Done()
-			c := &cometclient.Client{HTTP: &http.Client{Timeout: 40 * time.Second}}
-			c.Add("news")
-			for n := i; ctx.Err() == nil; n++ {
-				c.Endpoint = f.servers[n%len(f.servers)].client
-				r, err := c.Poll(ctx)
-				if err != nil || r.Status != 200 {
-					time.Sleep(100 * time.Millisecond) // as comet.js backs off
-					continue
-				}
-				counts[i].mu.Lock()
-				for _, m := range r.Messages {
-					switch {
-					case m.Gap:
-						counts[i].gaps++
-						counts[i].seen["gap@"+fmt.Sprint(len(counts[i].seen))]++
-					case !m.Ended:
-						counts[i].seen[string(m.Data)]++
-					}
-				}
-				counts[i].mu.Unlock()
-			}
+			counts[i].follow(ctx, []string{"news"}, i, func(n int) string { return f.servers[n%len(f.servers)].client })
 		}()
 	}
 	bounded.Wait(t, "every subscriber's first poll to wait", 30*time.Second, func() bool {
@@ -280,25 +289,15 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	if refused.Load() == 0 {
 		t.Fatal("no write was refused while Redis was down")
 	}
-	have := func(c *counter, msgs ...string) bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for _, m := range msgs {
-			if c.seen[m] == 0 {
-				return false
-			}
-		}
-		return true
-	}
 	var all []string
 	for k := range 2 {
 		for j := range 30 {
-			all = append(all, fmt.Sprintf("m%d-%d", k, j))
+			all = append(all, fmt.Sprintf("news/m%d-%d", k, j))
 		}
 	}
 	bounded.Wait(t, "every subscriber to have all 60", 30*time.Second, func() bool {
 		for _, c := range counts {
-			if !have(c, all...) {
+			if !c.has(all...) {
 				return false
 			}
 		}
@@ -309,7 +308,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	publishRetrying(0, "after")
 	bounded.Wait(t, "every subscriber to have the message after the empty restart", 30*time.Second, func() bool {
 		for _, c := range counts {
-			if !have(c, "after") {
+			if !c.has("news/after") {
 				return false
 			}
 		}
@@ -318,14 +317,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	stop()
 	polls.Wait()
 	for i, c := range counts {
-		for m, n := range c.seen {
-			if n > 1 {
-				t.Errorf("subscriber %d got %s %d times", i, m, n)
-			}
-		}
-		if c.gaps != 1 {
-			t.Errorf("subscriber %d was told of %d gaps, want 1 (the empty restart)", i, c.gaps)
-		}
+		c.checkOnce(t, i, 1) // the gap: the empty restart
 	}
 }
 
@@ -359,6 +351,23 @@ func TestRedisDownIsNotReady(t *testing.T) {
 	if st := s.status(); st.Broker.Name != "redis" || !st.Broker.Ready || st.Broker.Subscriptions != 0 || st.Channels != 1 {
 		t.Fatalf("status %+v", st)
 	}
+	brokerReady := func() string {
+		resp, err := http.Get(s.publisher + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "comet_broker_ready ") {
+				return line
+			}
+		}
+		return "no comet_broker_ready"
+	}
+	if got := brokerReady(); got != "comet_broker_ready 1" {
+		t.Fatalf("metrics say %q while ready", got)
+	}
 
 	r.Stop()
 	bounded.Wait(t, "not ready once Redis is gone", 15*time.Second, func() bool { return !ready() })
@@ -370,6 +379,9 @@ func TestRedisDownIsNotReady(t *testing.T) {
 	}
 	if st := s.status(); st.Broker.Ready || st.Broker.LastError == "" {
 		t.Errorf("status with Redis down: %+v; want not ready, with the error", st.Broker)
+	}
+	if got := brokerReady(); got != "comet_broker_ready 0" {
+		t.Errorf("metrics say %q with Redis down", got)
 	}
 	r.Restart() // empty, same password
 	bounded.Wait(t, "ready again", 20*time.Second, ready)
@@ -383,5 +395,38 @@ func TestRedisDownIsNotReady(t *testing.T) {
 	})
 	if code, _ := httpStatus(t, http.MethodGet, s2.publisher+"/readyz", ""); code != 503 {
 		t.Fatalf("ready with a wrong password: %d", code)
+	}
+}
+
+// An ACL user: the name in the URL, its password from the file.
+func TestRedisACLUser(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	r := redistest.Start(t, "--user", "comet", "on", ">s3cret", "~*", "&*", "+@all", "--user", "default", "off")
+	pw := t.TempDir() + "/pw"
+	os.WriteFile(pw, []byte("s3cret"), 0o600)
+	s := startServer(t, "broker: redis\nredis_url: redis://comet@"+r.Addr+"\nredis_password_file: "+pw+"\n")
+	bounded.Wait(t, "ready as the ACL user", 20*time.Second, func() bool { return s.status().Broker.Ready })
+	s.createChannel("c")
+	if code, _ := httpStatus(t, http.MethodPost, s.publisher+"/v1/channels/c/messages", "m"); code != 200 {
+		t.Fatalf("write as the ACL user: %d", code)
+	}
+}
+
+// rediss:// with a private CA: the server trusts what redis_tls_ca_file
+// holds, and nothing else.
+func TestRedisTLS(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	r := redistest.StartTLS(t)
+	s := startServer(t, "broker: redis\nredis_url: rediss://"+r.Addr+"\nredis_tls_ca_file: "+r.CAFile+"\n")
+	bounded.Wait(t, "ready over TLS", 20*time.Second, func() bool { return s.status().Broker.Ready })
+	s.createChannel("c")
+	// Without the CA, the certificate is not trusted: never ready, and
+	// the status says why.
+	s2 := startServer(t, "broker: redis\nredis_url: rediss://"+r.Addr+"\n")
+	bounded.Wait(t, "the status to name the certificate", 20*time.Second, func() bool {
+		return strings.Contains(s2.status().Broker.LastError, "certificate")
+	})
+	if s2.status().Broker.Ready {
+		t.Fatal("ready with an untrusted certificate")
 	}
 }
