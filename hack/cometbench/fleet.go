@@ -59,29 +59,12 @@ func startFleet(cometBin string, n int) (*fleetTarget, error) {
 			return nil, fmt.Errorf("server %d: %w", i, err)
 		}
 		f.servers = append(f.servers, t)
-		if err := waitReady(t.publisher + "/readyz"); err != nil {
+		if err := waitUp(t.publisher+"/readyz", 20*time.Second, http.StatusOK); err != nil { // on Redis
 			f.Stop()
 			return nil, err
 		}
 	}
 	return f, nil
-}
-
-// waitReady waits for a 200 from url.
-func waitReady(url string) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after 20s", url)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func (f *fleetTarget) Name() string     { return f.servers[0].name }

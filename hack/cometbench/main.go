@@ -264,22 +264,26 @@ func startComet(bin, name string, resume bool, flags ...string) (*cometTarget, e
 	if err := t.cmd.Start(); err != nil {
 		return nil, err
 	}
-	if err := waitUp(t.publisher + "/healthz"); err != nil {
+	if err := waitUp(t.publisher+"/healthz", 10*time.Second); err != nil {
 		t.Stop()
 		return nil, err
 	}
 	return t, nil
 }
 
-func waitUp(url string) error {
-	deadline := time.Now().Add(10 * time.Second)
+// waitUp waits for url to answer, with one of codes if any are given, for
+// at most d.
+func waitUp(url string, d time.Duration, codes ...int) error {
+	deadline := time.Now().Add(d)
 	for {
 		if resp, err := http.Get(url); err == nil {
 			resp.Body.Close()
-			return nil
+			if len(codes) == 0 || slices.Contains(codes, resp.StatusCode) {
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not come up", url)
+			return fmt.Errorf("%s did not answer %v within %s", url, codes, d)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

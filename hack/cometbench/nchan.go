@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 //go:embed peers/nchan.conf
@@ -43,7 +44,7 @@ func startNchan() (*nchanTarget, error) {
 	if err := t.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("nginx: %w", err)
 	}
-	if err := waitUp(t.base + "/status"); err != nil {
+	if err := waitUp(t.base+"/status", 10*time.Second); err != nil {
 		t.Stop()
 		return nil, err
 	}

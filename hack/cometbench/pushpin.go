@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 //go:embed peers/pushpin.conf
@@ -70,7 +71,7 @@ func startPushpin() (*pushpinTarget, error) {
 	if err := t.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("pushpin: %w", err)
 	}
-	if err := waitUp("http://127.0.0.1:" + publishPort + "/"); err != nil {
+	if err := waitUp("http://127.0.0.1:"+publishPort+"/", 10*time.Second); err != nil {
 		t.Stop()
 		return nil, err
 	}

@@ -270,7 +270,9 @@ func halfLoadTarget(comet fanoutResult, fan []fanoutResult) target {
 
 // variant reports whether a server's name is the comet server's in a
 // setting other than its defaults ("cometserver, history off").
-func variant(name string) bool { return strings.HasPrefix(name, "cometserver, ") }
+func variant(name string) bool {
+	return strings.HasPrefix(name, "cometserver, ") || strings.HasPrefix(name, "cometserver x")
+}
 
 func distinct(rows []holdRow) []int {
 	var out []int
