@@ -15,6 +15,7 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
+	"sigs.k8s.io/yaml"
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
 	"github.com/cometop/comet-operator/cometserver/config"
@@ -100,22 +101,42 @@ func port(cs *cometv1.CometServer) int32 {
 	return cs.Spec.Port
 }
 
+// ownedConfig is the part of the comet server's config file the operator
+// writes: only the keys it sets. The server takes every other key from its
+// own defaults, so a pod that pins an older server image keeps starting
+// when the server gains a setting (it refuses keys it does not know), and
+// a new operator rolls a fleet only when a key it sets really changes.
+// Every key here is one the first server release already read.
+type ownedConfig struct {
+	MaxVirtualChannels config.OptionalInt `json:"max_virtual_channels"`
+	Timeout            config.Duration    `json:"timeout"`
+	Activated          bool               `json:"activated"`
+	Listen             string             `json:"listen"`
+	PublisherListen    string             `json:"publisher_listen"`
+	PublisherTokenFile string             `json:"publisher_token_file"`
+	AdminSocket        string             `json:"admin_socket"`
+}
+
 // serverConfig is the comet server's config file for cs: its static
 // settings and the live state, so that a pod that starts later comes up in
 // the state the spec asks for.
-func serverConfig(cs *cometv1.CometServer, live Live) config.Config {
-	c := config.Default()
+func serverConfig(cs *cometv1.CometServer, live Live) ownedConfig {
+	c := ownedConfig{
+		Activated:          live.Activated,
+		Timeout:            config.Duration{Duration: live.Timeout},
+		Listen:             ":" + strconv.Itoa(int(port(cs))),
+		PublisherListen:    ":" + strconv.Itoa(publisherPort),
+		PublisherTokenFile: tokenDir + "/" + tokenKey,
+		AdminSocket:        adminSocket,
+	}
 	if cs.Spec.MaxVirtualChannels != nil {
 		c.MaxVirtualChannels = config.OptionalInt{Value: int(*cs.Spec.MaxVirtualChannels), Present: true}
 	}
-	c.Activated = live.Activated
-	c.Timeout = config.Duration{Duration: live.Timeout}
-	c.Listen = ":" + strconv.Itoa(int(port(cs)))
-	c.PublisherListen = ":" + strconv.Itoa(publisherPort)
-	c.PublisherTokenFile = tokenDir + "/" + tokenKey
-	c.AdminSocket = adminSocket
 	return c
 }
+
+// Marshal renders the file.
+func (c ownedConfig) Marshal() ([]byte, error) { return yaml.Marshal(c) }
 
 // staticConfigHash hashes the config with the live state held fixed, so
 // that only a change a running server cannot take rolls the pods.
