@@ -81,6 +81,22 @@ func (c *counter) follow(ctx context.Context, ids []string, first int, endpoint 
 	}
 }
 
+// followers starts n subscribers following ids until ctx ends, subscriber
+// i's k-th poll going to endpoint(i+k); wait on the group once ctx ended.
+func followers(ctx context.Context, n int, ids []string, endpoint func(n int) string) ([]*counter, *sync.WaitGroup) {
+	counts := make([]*counter, n)
+	var polls sync.WaitGroup
+	for i := range n {
+		counts[i] = &counter{seen: map[string]int{}}
+		polls.Add(1)
+		go func() {
+			defer polls.Done()
+			counts[i].follow(ctx, ids, i, endpoint)
+		}()
+	}
+	return counts, &polls
+}
+
 // has reports whether c counted every one of msgs ("channel/data").
 func (c *counter) has(msgs ...string) bool {
 	c.mu.Lock()
@@ -147,23 +163,14 @@ func TestFleetLosesNothing(t *testing.T) {
 				f.servers[0].createChannel(id)
 			}
 			const subscribers, perPublisher = 6, 40
-			counts := make([]*counter, subscribers)
 			ctx, stop := context.WithCancel(context.Background())
 			defer stop()
-			var polls sync.WaitGroup
-			for i := range subscribers {
-				counts[i] = &counter{seen: map[string]int{}}
-				polls.Add(1)
-				go func() {
-					defer polls.Done()
-					counts[i].follow(ctx, channels, i, func(n int) string {
-						if k := n % len(f.servers); f.alive[k].Load() {
-							return f.servers[k].client
-						}
-						return ""
-					})
-				}()
-			}
+			counts, polls := followers(ctx, subscribers, channels, func(n int) string {
+				if k := n % len(f.servers); f.alive[k].Load() {
+					return f.servers[k].client
+				}
+				return "" // killed: the next poll goes elsewhere
+			})
 			// Every subscriber waits before the first write: its first
 			// poll starts from the channels' positions then.
 			bounded.Wait(t, "every subscriber's first poll to wait", 30*time.Second, func() bool {
@@ -242,18 +249,9 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	f := startFleet(t, 2, "redis://"+r.Addr)
 	f.servers[0].createChannel("news")
 	const subscribers = 4
-	counts := make([]*counter, subscribers)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	var polls sync.WaitGroup
-	for i := range subscribers {
-		counts[i] = &counter{seen: map[string]int{}}
-		polls.Add(1)
-		go func() {
-			defer polls.Done()
-			counts[i].follow(ctx, []string{"news"}, i, func(n int) string { return f.servers[n%len(f.servers)].client })
-		}()
-	}
+	counts, polls := followers(ctx, subscribers, []string{"news"}, func(n int) string { return f.servers[n%len(f.servers)].client })
 	bounded.Wait(t, "every subscriber's first poll to wait", 30*time.Second, func() bool {
 		return f.servers[0].status().Waiting+f.servers[1].status().Waiting == subscribers
 	})

@@ -371,21 +371,30 @@ func killPubSub(t *testing.T, b backend) {
 	}
 }
 
-func TestRedisRestart(t *testing.T) {
-	bounded.Test(t, 2*time.Minute)
-	b := backends(t)[0]
-	pub, _ := newEngine(t, b, "restart", history)
-	sub, rs := newEngine(t, b, "restart", history)
-	if _, err := pub.Create(bg, "r"); err != nil {
+// pubSub starts two engines on b, a publisher and a subscriber of channel
+// id, which holds one message, first; it returns the subscriber's handler
+// and the position it subscribed at.
+func pubSub(t *testing.T, b backend, id, first string) (pub, sub *Engine, rs *recorder, top engine.Position) {
+	t.Helper()
+	pub, _ = newEngine(t, b, id, history)
+	sub, rs = newEngine(t, b, id, history)
+	if _, err := pub.Create(bg, id); err != nil {
 		t.Fatal(err)
 	}
-	top, err := sub.Subscribe(bg, "r")
+	top, err := sub.Subscribe(bg, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pub.Publish(bg, "r", []byte("1"), nil); err != nil {
+	if _, err := pub.Publish(bg, id, []byte(first), nil); err != nil {
 		t.Fatal(err)
 	}
+	return pub, sub, rs, top
+}
+
+func TestRedisRestart(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
+	b := backends(t)[0]
+	pub, sub, rs, top := pubSub(t, b, "r", "1")
 
 	// Same data: down, not ready, refusing; back, nothing lost.
 	b.server.RestartKeepingData(0)
@@ -449,18 +458,7 @@ func TestHungRedisIsNotReady(t *testing.T) {
 func TestLostWritesGetANewEpoch(t *testing.T) {
 	bounded.Test(t, 2*time.Minute)
 	b := backends(t)[0]
-	pub, _ := newEngine(t, b, "lost", history)
-	sub, rs := newEngine(t, b, "lost", history)
-	if _, err := pub.Create(bg, "l"); err != nil {
-		t.Fatal(err)
-	}
-	top, err := sub.Subscribe(bg, "l")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(bg, "l", []byte("kept"), nil); err != nil {
-		t.Fatal(err)
-	}
+	pub, _, rs, top := pubSub(t, b, "l", "kept")
 	b.server.RestartLosingWrites(func() {
 		for _, m := range []string{"lost1", "lost2"} {
 			if _, err := pub.Publish(bg, "l", []byte(m), nil); err != nil {
