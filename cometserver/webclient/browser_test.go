@@ -311,6 +311,12 @@ func TestPayloadsRoundTrip(t *testing.T) {
 	s := startServer(t, "")
 	ctx := tab(t, s.url())
 	evalJS[bool](t, ctx, capture)
+	// Until its first reply the page has no position for the lobby: a
+	// message written while it re-registers (the demo adds its channels
+	// one by one) would go to the poll it just aborted, and its next poll
+	// would start after it. Wait for the position (the clock's next tick
+	// ends the poll, and the reply carries every channel's).
+	waitJS(t, ctx, "a position for the lobby", `comet._positions["demo/lobby"] !== undefined`, 10*time.Second)
 	waitListening(t, s, "demo/lobby")
 	payloads := []string{
 		"é ✓ 日本 😀",
