@@ -7,8 +7,6 @@ package controllers
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"sync"
 	"time"
@@ -16,9 +14,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,7 +29,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -81,6 +81,7 @@ type CometServerReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;configmaps,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
@@ -101,20 +102,33 @@ func (r *CometServerReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		return ctrl.Result{}, nil
 	}
 
-	// 1. The objects: publisher token, config file, Deployment (unless its
-	// token Secret is refused), Services, NetworkPolicy.
+	// 0. A new generation: say at once that the pods do not hold it yet,
+	// before the pushes that may take seconds.
+	if c := meta.FindStatusCondition(cs.Status.Conditions, cometv1.ConditionConfigApplied); c == nil || c.ObservedGeneration != cs.Generation {
+		if err := r.writeStatus(ctx, &cs, newGenerationStatus(&cs)); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	// 1. The objects: the Secrets' verdicts, config file, Deployment
+	// (unless a Secret it would mount is refused), Services,
+	// NetworkPolicy, PodDisruptionBudget.
 	token, err := r.tokenSecret(ctx, &cs)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	cm, err := configMap(&cs)
+	broker, err := r.brokerSecret(ctx, &cs)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.Apply(ctx, cm, fieldOwner, client.ForceOwnership); err != nil {
+	cm, err := configMap(&cs, broker)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := applyConfigMap(ctx, r.Client, cm); err != nil {
 		return ctrl.Result{}, fmt.Errorf("applying the config map: %w", err)
 	}
-	hash, err := staticConfigHash(&cs)
+	hash, err := staticConfigHash(&cs, broker)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -123,12 +137,12 @@ func (r *CometServerReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if err := r.Get(ctx, req.NamespacedName, &dep); err == nil {
 		previousHash = dep.Spec.Template.Annotations[StaticConfigHashAnnotation]
 	}
-	if token.accepted {
-		depApply, err := deployment(&cs, r.Image, hash)
+	if token.accepted && broker.accepted {
+		depApply, err := deployment(&cs, r.Image, hash, broker)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		if err := r.Apply(ctx, depApply, fieldOwner, client.ForceOwnership); err != nil {
+		if err := applyDeployment(ctx, r.Client, depApply); err != nil {
 			return ctrl.Result{}, fmt.Errorf("applying the deployment: %w", err)
 		}
 		if previousHash != "" && previousHash != hash {
@@ -137,11 +151,14 @@ func (r *CometServerReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		}
 	}
 	for _, svc := range services(&cs) {
-		if err := r.Apply(ctx, svc, fieldOwner, client.ForceOwnership); err != nil {
+		if err := applyService(ctx, r.Client, svc); err != nil {
 			return ctrl.Result{}, fmt.Errorf("applying service %s: %w", *svc.Name, err)
 		}
 	}
 	if err := r.reconcileNetworkPolicy(ctx, &cs); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.reconcilePodDisruptionBudget(ctx, &cs); err != nil {
 		return ctrl.Result{}, err
 	}
 	if err := r.Get(ctx, req.NamespacedName, &dep); err != nil && !apierrors.IsNotFound(err) {
@@ -163,25 +180,46 @@ func (r *CometServerReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	pods := r.pushWhereBehind(ctx, &cs, owned, live)
 
 	// 3. The status, written only when it changed.
-	status := computeStatus(&cs, &dep, owned, pods, live, hash, token)
+	status := computeStatus(&cs, &dep, owned, pods, live, hash, token, broker)
 	if !equality.Semantic.DeepEqual(cs.Status, status) {
-		cs.Status = status
-		if err := r.Status().Update(ctx, &cs); err != nil {
-			return ctrl.Result{}, fmt.Errorf("updating status: %w", err)
+		if err := r.writeStatus(ctx, &cs, status); err != nil {
+			return ctrl.Result{}, err
 		}
 	}
 
-	// 4. When to look again: soon after a failed push or a refused Secret
-	// (which may opt in at any time), else when the oldest check of a
-	// pod's live state is due.
+	// 4. When to look again: soon after a failed push, a refused Secret
+	// (which may opt in at any time) or a pod whose broker is down, else
+	// when the oldest check of a pod's live state is due.
 	if failing := failingPods(pods); len(failing) > 0 {
 		log.Info("push failed; retrying", "pods", failing, "after", r.RetryPeriod)
 		return ctrl.Result{RequeueAfter: r.RetryPeriod}, nil
 	}
-	if !token.accepted {
+	if !token.accepted || !broker.accepted || len(needsRetry(pods, brokerType(&cs))) > 0 {
 		return ctrl.Result{RequeueAfter: r.RetryPeriod}, nil
 	}
 	return ctrl.Result{RequeueAfter: r.nextCheck(req.NamespacedName)}, nil
+}
+
+// writeStatus sets the whole status by server-side apply: the status is
+// the operator's alone, so it needs no resourceVersion precondition (a
+// reconcile that read the CometServer from a cache a write behind would
+// otherwise fail on a conflict and wait out the queue's backoff), and,
+// unlike a patch computed against that cached copy, an apply leaves
+// nothing of an earlier write that this one does not repeat.
+func (r *CometServerReconciler) writeStatus(ctx context.Context, cs *cometv1.CometServer, status cometv1.CometServerStatus) error {
+	fields, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&status)
+	if err != nil {
+		return fmt.Errorf("writing status: %w", err)
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{"status": fields}}
+	u.SetGroupVersionKind(cometv1.GroupVersion.WithKind("CometServer"))
+	u.SetNamespace(cs.Namespace)
+	u.SetName(cs.Name)
+	if err := r.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(fieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("writing status: %w", err)
+	}
+	cs.Status = status
+	return nil
 }
 
 // ownedPods are the pods of dep: those a ReplicaSet that dep controls
@@ -206,39 +244,6 @@ func ownedPods(dep *appsv1.Deployment, replicaSets []appsv1.ReplicaSet, pods []c
 	return owned
 }
 
-// tokenVerdict is what became of the publisher token Secret.
-type tokenVerdict struct {
-	accepted        bool
-	reason, message string
-}
-
-// tokenSecret creates the generated publisher token once, unless the spec
-// names the user's own Secret, which must opt in. An existing token is
-// never replaced: publishers hold it.
-func (r *CometServerReconciler) tokenSecret(ctx context.Context, cs *cometv1.CometServer) (tokenVerdict, error) {
-	if name := cs.Spec.PublisherTokenSecret; name != "" {
-		// Read past the cache, which holds only the operator's own Secrets.
-		var s corev1.Secret
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cs.Namespace, Name: name}, &s)
-		switch {
-		case apierrors.IsNotFound(err):
-			return tokenVerdict{reason: "SecretNotFound", message: fmt.Sprintf("secret %s not found", name)}, nil
-		case err != nil:
-			return tokenVerdict{}, fmt.Errorf("reading secret %s: %w", name, err)
-		case s.Labels[cometv1.PublisherTokenLabel] != "true":
-			return tokenVerdict{reason: "SecretNotOptedIn", message: fmt.Sprintf(
-				"secret %s lacks the label %s=true: the operator mounts only Secrets that opt in", name, cometv1.PublisherTokenLabel)}, nil
-		case len(s.Data[tokenKey]) == 0:
-			return tokenVerdict{reason: "SecretHasNoToken", message: fmt.Sprintf("secret %s has no key %q", name, tokenKey)}, nil
-		}
-		return tokenVerdict{accepted: true, reason: "OptedIn", message: fmt.Sprintf("secret %s opted in", name)}, nil
-	}
-	if err := r.ensureTokenSecret(ctx, cs); err != nil {
-		return tokenVerdict{}, err
-	}
-	return tokenVerdict{accepted: true, reason: "Generated", message: fmt.Sprintf("generated in secret %s", tokenSecretName(cs))}, nil
-}
-
 // reconcileNetworkPolicy applies the NetworkPolicy spec.networkPolicy asks
 // for, or deletes the operator's own once it no longer does.
 func (r *CometServerReconciler) reconcileNetworkPolicy(ctx context.Context, cs *cometv1.CometServer) error {
@@ -247,7 +252,7 @@ func (r *CometServerReconciler) reconcileNetworkPolicy(ctx context.Context, cs *
 		if err != nil {
 			return err
 		}
-		if err := r.Apply(ctx, np, fieldOwner, client.ForceOwnership); err != nil {
+		if err := applyNetworkPolicy(ctx, r.Client, np); err != nil {
 			return fmt.Errorf("applying the network policy: %w", err)
 		}
 		return nil
@@ -262,32 +267,22 @@ func (r *CometServerReconciler) reconcileNetworkPolicy(ctx context.Context, cs *
 	return nil
 }
 
-// ensureTokenSecret creates the generated publisher token once. An
-// existing token is never replaced: publishers hold it.
-func (r *CometServerReconciler) ensureTokenSecret(ctx context.Context, cs *cometv1.CometServer) error {
-	var s corev1.Secret
-	err := r.Get(ctx, types.NamespacedName{Namespace: cs.Namespace, Name: tokenSecretName(cs)}, &s)
-	if err == nil || !apierrors.IsNotFound(err) {
-		return err
-	}
-	token := make([]byte, 32)
-	_, _ = rand.Read(token) // crypto/rand.Read never fails (Go 1.24+)
-	s = corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: tokenSecretName(cs), Namespace: cs.Namespace, Labels: objectLabels(cs)},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{tokenKey: []byte(base64.RawURLEncoding.EncodeToString(token))},
-	}
-	if err := controllerutil.SetControllerReference(cs, &s, r.Scheme); err != nil {
-		return err
-	}
-	if err := r.Create(ctx, &s); err != nil {
-		if apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("secret %s exists but is not managed by the operator (no %s=%s label): name it in spec.publisherTokenSecret or remove it",
-				s.Name, labelManagedBy, managedBy)
+// reconcilePodDisruptionBudget applies the PodDisruptionBudget the spec
+// asks for, or deletes the operator's own once it no longer does.
+func (r *CometServerReconciler) reconcilePodDisruptionBudget(ctx context.Context, cs *cometv1.CometServer) error {
+	if cs.Spec.PodDisruptionBudget != nil {
+		if err := applyPodDisruptionBudget(ctx, r.Client, podDisruptionBudget(cs)); err != nil {
+			return fmt.Errorf("applying the pod disruption budget: %w", err)
 		}
-		return fmt.Errorf("creating the publisher token secret: %w", err)
+		return nil
 	}
-	r.Recorder.Eventf(cs, nil, corev1.EventTypeNormal, "TokenCreated", "Create", "generated the publisher token in secret %s", s.Name)
+	var pdb policyv1.PodDisruptionBudget // the cache holds only the operator's own
+	if err := r.Get(ctx, types.NamespacedName{Namespace: cs.Namespace, Name: cs.Name}, &pdb); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if err := r.Delete(ctx, &pdb); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting the pod disruption budget: %w", err)
+	}
 	return nil
 }
 
@@ -356,6 +351,7 @@ func (r *CometServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Secret{}).
 		Owns(&networkingv1.NetworkPolicy{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
 		// Pods are owned by ReplicaSets; their instance label names the CometServer.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			name := o.GetLabels()[labelInstance]
@@ -375,13 +371,14 @@ func (r *CometServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func CacheOptions(namespaces []string) cache.Options {
 	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{labelManagedBy: managedBy})}
 	o := cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Pod{}:                 managed,
-		&corev1.Secret{}:              managed,
-		&corev1.ConfigMap{}:           managed,
-		&corev1.Service{}:             managed,
-		&appsv1.Deployment{}:          managed,
-		&appsv1.ReplicaSet{}:          managed,
-		&networkingv1.NetworkPolicy{}: managed,
+		&corev1.Pod{}:                   managed,
+		&corev1.Secret{}:                managed,
+		&corev1.ConfigMap{}:             managed,
+		&corev1.Service{}:               managed,
+		&appsv1.Deployment{}:            managed,
+		&appsv1.ReplicaSet{}:            managed,
+		&networkingv1.NetworkPolicy{}:   managed,
+		&policyv1.PodDisruptionBudget{}: managed,
 	}}
 	if len(namespaces) > 0 {
 		o.DefaultNamespaces = map[string]cache.Config{}

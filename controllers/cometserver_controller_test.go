@@ -27,6 +27,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/cometclient"
 	"github.com/cometop/comet-operator/cometserver/config"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/cometserver/server"
 	"github.com/cometop/comet-operator/test/bounded"
 )
@@ -107,6 +108,8 @@ func waitCondition(t *testing.T, ns, typ string, status metav1.ConditionStatus, 
 // comet server started from the config map the operator rendered.
 type pod struct {
 	t      *testing.T
+	cs     string   // the CometServer's name
+	args   []string // more arguments to the server
 	obj    *corev1.Pod
 	socket string
 	srv    *server.Server
@@ -119,8 +122,15 @@ type pod struct {
 // server, and marks it ready.
 func startPod(t *testing.T, ns, name string) *pod {
 	t.Helper()
+	return startPodOf(t, ns, "push", name)
+}
+
+// startPodOf starts a pod of the CometServer csName, its server run with
+// the extra arguments given.
+func startPodOf(t *testing.T, ns, csName, name string, args ...string) *pod {
+	t.Helper()
 	var dep appsv1.Deployment
-	eventually(t, "deployment", func() error { return get(t, ns, "push", &dep) })
+	eventually(t, "deployment", func() error { return get(t, ns, csName, &dep) })
 	rs := replicaSetOf(t, &dep)
 	tmpl := dep.Spec.Template
 	obj := &corev1.Pod{
@@ -131,12 +141,12 @@ func startPod(t *testing.T, ns, name string) *pod {
 	if err := k8s.Create(ctx, obj); err != nil {
 		t.Fatal(err)
 	}
-	p := &pod{t: t, obj: obj, socket: filepath.Join(testRoot, ns+"-"+name+".sock")}
+	p := &pod{t: t, cs: csName, args: args, obj: obj, socket: filepath.Join(testRoot, ns+"-"+name+".sock")}
 	p.startServer()
 	commander.setSocket(obj, p.socket)
 	p.setReady("containerd://" + name + "-1")
 	t.Cleanup(p.stopServer)
-	observeDeployment(t, ns)
+	observeDeploymentOf(t, ns, csName)
 	return p
 }
 
@@ -164,9 +174,14 @@ func replicaSetOf(t *testing.T, dep *appsv1.Deployment) *appsv1.ReplicaSet {
 // it records the Deployment's current generation as observed.
 func observeDeployment(t *testing.T, ns string) {
 	t.Helper()
+	observeDeploymentOf(t, ns, "push")
+}
+
+func observeDeploymentOf(t *testing.T, ns, csName string) {
+	t.Helper()
 	eventually(t, "deployment status", func() error {
 		var dep appsv1.Deployment
-		if err := get(t, ns, "push", &dep); err != nil {
+		if err := get(t, ns, csName, &dep); err != nil {
 			return err
 		}
 		dep.Status.ObservedGeneration = dep.Generation
@@ -182,7 +197,7 @@ func observeDeployment(t *testing.T, ns string) {
 // operator wrote, as a starting container would.
 func (p *pod) startServer() {
 	var cm corev1.ConfigMap
-	if err := get(p.t, p.obj.Namespace, "push-config", &cm); err != nil {
+	if err := get(p.t, p.obj.Namespace, p.cs+"-config", &cm); err != nil {
 		p.t.Fatal(err)
 	}
 	p.startServerWith(cm.Data["config.yaml"])
@@ -196,8 +211,8 @@ func (p *pod) startServerWith(yaml string) {
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load([]string{"--config", file, "--listen", "127.0.0.1:0", "--publisher-listen", "127.0.0.1:0",
-		"--publisher-token-file", "", "--admin-socket", p.socket}, func(string) string { return "" })
+	cfg, err := config.Load(append([]string{"--config", file, "--listen", "127.0.0.1:0", "--publisher-listen", "127.0.0.1:0",
+		"--publisher-token-file", "", "--admin-socket", p.socket}, p.args...), func(string) string { return "" })
 	if err != nil {
 		t.Fatalf("config file does not load: %v", err)
 	}
@@ -216,6 +231,20 @@ func (p *pod) stopServer() {
 		<-p.done
 		p.stop = nil
 	}
+}
+
+// setNotReady marks the pod running but not ready, as a failing
+// readiness probe does.
+func (p *pod) setNotReady() {
+	eventually(p.t, "pod not ready", func() error {
+		var cur corev1.Pod
+		if err := get(p.t, p.obj.Namespace, p.obj.Name, &cur); err != nil {
+			return err
+		}
+		cur.Status.Conditions[0].Status = corev1.ConditionFalse
+		cur.Status.ContainerStatuses[0].Ready = false
+		return k8s.Status().Update(ctx, &cur)
+	})
 }
 
 func (p *pod) setReady(containerID string) {
@@ -238,7 +267,7 @@ func (p *pod) setReady(containerID string) {
 	})
 }
 
-func (p *pod) status() admin.StatusReply {
+func (p *pod) status() contract.Status {
 	p.t.Helper()
 	st, err := admin.Client{Path: p.socket}.Status()
 	if err != nil {
@@ -299,8 +328,16 @@ func waitPodState(t *testing.T, ns, name string, live Live) *cometv1.CometServer
 		if err := get(t, ns, "push", &cs); err != nil {
 			return err
 		}
+		// What the test does not name is what the spec asks for.
+		want := live
+		if want.MaxVirtualChannels == nil {
+			want.MaxVirtualChannels = liveState(&cs).MaxVirtualChannels
+		}
+		if want.History == nil {
+			want.History = liveState(&cs).History
+		}
 		st := podState(&cs, name)
-		if st == nil || !holds(st, live) || st.AppliedGeneration != cs.Generation {
+		if st == nil || !holds(st, want) || st.AppliedGeneration != cs.Generation {
 			return fmt.Errorf("pod state %+v at generation %d", st, cs.Generation)
 		}
 		return nil
@@ -385,7 +422,7 @@ func TestCreateMakesObjects(t *testing.T) {
 	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 8080 || svc.Spec.Selector[labelInstance] != "push" {
 		t.Errorf("client service %+v", svc.Spec)
 	}
-	if len(pubSvc.Spec.Ports) != 1 || pubSvc.Spec.Ports[0].Port != publisherPort || pubSvc.Spec.Type != corev1.ServiceTypeClusterIP ||
+	if len(pubSvc.Spec.Ports) != 1 || pubSvc.Spec.Ports[0].Port != contract.PublisherPort || pubSvc.Spec.Type != corev1.ServiceTypeClusterIP ||
 		pubSvc.Spec.Selector[labelInstance] != "push" {
 		t.Errorf("publisher service %+v", pubSvc.Spec)
 	}
@@ -420,7 +457,7 @@ func TestCreateMakesObjects(t *testing.T) {
 	if got.Status.Replicas != 1 || got.Status.ReadyReplicas != 1 {
 		t.Errorf("replicas %d ready %d", got.Status.Replicas, got.Status.ReadyReplicas)
 	}
-	waitPodState(t, ns, p.obj.Name, Live{true, 20 * time.Second})
+	waitPodState(t, ns, p.obj.Name, Live{Activated: true, Timeout: 20 * time.Second})
 	if st := p.status(); st.MaxVirtualChannels == nil || *st.MaxVirtualChannels != 5 {
 		t.Errorf("the pod's server did not start from the config map: %+v", st)
 	}
@@ -460,7 +497,7 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 		{"timeout under 1s", cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 999 * time.Millisecond}}, "timeout must be at least 1s and at most 1h"},
 		{"timeout of 1ns", cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: time.Nanosecond}}, "timeout must be at least 1s"},
 		{"negative max channels", cometv1.CometServerSpec{MaxVirtualChannels: ptr.To[int32](-1)}, "spec.maxVirtualChannels: Invalid value: -1"},
-		{"two replicas", cometv1.CometServerSpec{Replicas: ptr.To[int32](2)}, "spec.replicas: Invalid value: 2: replicas above 1 need a shared channel broker"},
+		{"two replicas", cometv1.CometServerSpec{Replicas: ptr.To[int32](2)}, "spec.replicas: Invalid value: replicas above 1 need a shared broker (spec.broker.type: redis)"},
 		{"negative replicas", cometv1.CometServerSpec{Replicas: ptr.To[int32](-1)}, "spec.replicas: Invalid value: -1"},
 		{"port out of range", cometv1.CometServerSpec{Port: 70000}, "spec.port: Invalid value: 70000"},
 		{"port of the publisher", cometv1.CometServerSpec{Port: 8081}, "port 8081 is the publisher API's"},
@@ -489,7 +526,7 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	p := startPod(t, ns, "push-a")
-	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
 	if _, err := p.srv.Hub().Create(context.Background(), "news"); err != nil {
 		t.Fatal(err)
 	}
@@ -501,7 +538,7 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 	waiting := p.poll("news")
 	p.waitWaiting(1)
 	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.Activated = ptr.To(false) })
-	cs := waitPodState(t, ns, "push-a", Live{false, 20 * time.Second})
+	cs := waitPodState(t, ns, "push-a", Live{Activated: false, Timeout: 20 * time.Second})
 	if code, ok := replyWithin(t, waiting, 10*time.Second); !ok || code != 503 {
 		t.Fatalf("waiting client after deactivate: %d", code)
 	}
@@ -518,11 +555,11 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 
 	// Reactivate and retime without KILL: a waiting client keeps waiting.
 	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.Activated = ptr.To(true) })
-	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
 	waiting = p.poll("news")
 	p.waitWaiting(1)
 	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.Timeout = &metav1.Duration{Duration: 7 * time.Second} })
-	waitPodState(t, ns, "push-a", Live{true, 7 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 7 * time.Second})
 	if st := p.status(); st.TimeoutDuration() != 7*time.Second || st.Waiting != 1 {
 		t.Fatalf("after a retime without kill: %+v", st)
 	}
@@ -532,7 +569,7 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 		s.Timeout = &metav1.Duration{Duration: 9 * time.Second}
 		s.KillOnTimeoutChange = true
 	})
-	waitPodState(t, ns, "push-a", Live{true, 9 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 9 * time.Second})
 	if code, ok := replyWithin(t, waiting, 10*time.Second); !ok || code != 503 {
 		t.Fatalf("waiting client after set_timeout KILL: %d", code)
 	}
@@ -547,7 +584,7 @@ func TestLiveStateIsPushedWithoutRestart(t *testing.T) {
 	}
 	before := len(listEvents(t, ns, "Pushed"))
 	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.Activated = ptr.To(false) })
-	waitPodState(t, ns, "push-a", Live{false, 9 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: false, Timeout: 9 * time.Second})
 	eventually(t, "another Pushed event", func() error {
 		evs := listEvents(t, ns, "Pushed")
 		if len(evs) <= before {
@@ -579,7 +616,7 @@ func TestDriftAndRestartsArePushedAgain(t *testing.T) {
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 30 * time.Second}})
 	p := startPod(t, ns, "push-a")
-	waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 30 * time.Second})
 
 	// A change by hand, on the socket, is corrected within the resync period.
 	if err := (admin.Client{Path: p.socket}).Run(admin.Command{Verb: admin.Deactivate}); err != nil {
@@ -604,7 +641,7 @@ func TestDriftAndRestartsArePushedAgain(t *testing.T) {
 	startManager(t, ns, longResync)
 	createLabelled(t, ns, map[string]string{ownReconcilerLabel: "long-resync"}, cometv1.CometServerSpec{Timeout: &metav1.Duration{Duration: 30 * time.Second}})
 	p = startPod(t, ns, "push-a")
-	cs := waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
+	cs := waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 30 * time.Second})
 	if st := podState(cs, "push-a"); st.ContainerID != "containerd://push-a-1" {
 		t.Fatalf("container id %q before the restart", st.ContainerID)
 	}
@@ -621,7 +658,7 @@ func TestDriftAndRestartsArePushedAgain(t *testing.T) {
 		return nil
 	})
 	eventually(t, "the restarted container recorded", func() error {
-		cs = waitPodState(t, ns, "push-a", Live{true, 30 * time.Second})
+		cs = waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 30 * time.Second})
 		if st := podState(cs, "push-a"); st.ContainerID != "containerd://push-a-2" {
 			return fmt.Errorf("container id %q", st.ContainerID)
 		}
@@ -646,14 +683,16 @@ func TestStaticChangesRollLiveChangesDoNot(t *testing.T) {
 	updateSpec(t, ns, func(s *cometv1.CometServerSpec) {
 		s.Activated = ptr.To(false)
 		s.Timeout = &metav1.Duration{Duration: time.Minute}
+		s.MaxVirtualChannels = ptr.To[int32](100)
+		s.History = &cometv1.HistorySpec{Size: ptr.To[int32](3)}
 	})
-	waitCondition(t, ns, cometv1.ConditionConfigApplied, metav1.ConditionTrue, "activated=false timeout=1m0s")
+	waitCondition(t, ns, cometv1.ConditionConfigApplied, metav1.ConditionTrue, "activated=false timeout=1m0s max_virtual_channels=100 history=3/2m0s")
 	get(t, ns, "push", &dep)
 	if dep.Spec.Template.Annotations[StaticConfigHashAnnotation] != hash {
 		t.Fatal("a live change changed the pod template")
 	}
 
-	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.MaxVirtualChannels = ptr.To[int32](100) })
+	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.Port = 9090 })
 	eventually(t, "new template hash", func() error {
 		if err := get(t, ns, "push", &dep); err != nil {
 			return err
@@ -671,7 +710,7 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	startPod(t, ns, "push-a")
-	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
 	waitCondition(t, ns, cometv1.ConditionProgressing, metav1.ConditionFalse, "")
 
 	versions := func() string {
@@ -710,7 +749,7 @@ func TestFailedPushShowsAndIsRetried(t *testing.T) {
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	p := startPod(t, ns, "push-a")
-	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
 
 	// Server down: ctl cannot reach the socket.
 	p.stopServer()
@@ -752,7 +791,7 @@ func TestFailedPushShowsAndIsRetried(t *testing.T) {
 
 	// The server is back (from the config map): the retry converges.
 	p.startServer()
-	waitPodState(t, ns, "push-a", Live{false, 20 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: false, Timeout: 20 * time.Second})
 	waitCondition(t, ns, cometv1.ConditionDegraded, metav1.ConditionFalse, "")
 	if st := p.status(); st.Activated {
 		t.Fatal("the server did not get the push")
@@ -772,8 +811,20 @@ func TestSamplesAreValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A sample may hold the Secrets its CometServer names, before it.
+		docs := strings.Split(string(b), "\n---\n")
+		for _, doc := range docs[:len(docs)-1] {
+			var secret corev1.Secret
+			if err := yaml.UnmarshalStrict([]byte(doc), &secret); err != nil || secret.Kind != "Secret" {
+				t.Fatalf("%s: a document before the CometServer that is not a Secret: %v", f, err)
+			}
+			secret.Namespace = ns
+			if err := k8s.Create(ctx, &secret); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+		}
 		var cs cometv1.CometServer
-		if err := yaml.UnmarshalStrict(b, &cs); err != nil {
+		if err := yaml.UnmarshalStrict([]byte(docs[len(docs)-1]), &cs); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
 		cs.Namespace = ns
@@ -788,6 +839,10 @@ func TestSamplesAreValid(t *testing.T) {
 			}
 			if got.Status.ObservedGeneration != got.Generation {
 				return fmt.Errorf("not observed yet")
+			}
+			// Its Secrets are accepted: the Deployment is made.
+			if c := condition(&got, cometv1.ConditionDegraded); c == nil || c.Reason == "BrokerSecretRefused" || c.Reason == "PublisherTokenRefused" {
+				return fmt.Errorf("degraded: %+v", c)
 			}
 			return nil
 		})
@@ -808,7 +863,9 @@ func TestPrinterColumns(t *testing.T) {
 	for _, c := range crd.Spec.Versions[0].AdditionalPrinterColumns {
 		got = append(got, c.Name+"="+c.JSONPath)
 	}
-	want := []string{"Ready=.status.readyReplicas", "Activated=.spec.activated", "Timeout=.spec.timeout",
+	// What the pods hold, not what the spec asks.
+	want := []string{"Replicas=.status.replicas", "Ready=.status.readyReplicas", "Activated=.status.activated", "Timeout=.status.timeout",
+		"Broker=.status.broker", "Waiting=.status.waiting",
 		`Applied=.status.conditions[?(@.type=="ConfigApplied")].status`, "Age=.metadata.creationTimestamp"}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("columns %q, want %q", got, want)

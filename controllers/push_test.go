@@ -27,7 +27,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
-	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -38,14 +38,20 @@ var (
 	liveArgv = []string{"/cometserver", "ctl", "--socket", "/run/comet/admin.sock", "--timeout", "9s", "apply", "--activated=true", "--timeout=30s"} // ctl gets 9/10 of the 10s push timeout
 )
 
-// statusLine is what ctl apply prints on stdout: the server's status as
-// JSON, on one line.
-func statusLine(activated bool, timeout time.Duration) string {
-	b, err := json.Marshal(admin.StatusReply{Activated: activated, Timeout: timeout.Seconds(), TimeoutNanoseconds: int64(timeout),
-		Channels: 2, Version: "test", PID: 7, StartedAt: "2024-01-02T03:04:05Z"})
+// resultLine is what ctl apply prints on stdout: one JSON line with the
+// server's status and the commands sent.
+func resultLine(activated bool, timeout time.Duration, sent ...string) string {
+	b, err := json.Marshal(contract.ApplyResult{State: &contract.Status{Activated: activated, Timeout: timeout.Seconds(), TimeoutNanoseconds: int64(timeout),
+		Channels: 2, Version: "test", PID: 7, StartedAt: "2024-01-02T03:04:05Z"}, Sent: append([]string{}, sent...)})
 	if err != nil {
 		panic(err)
 	}
+	return string(b) + "\n"
+}
+
+// bareStatus is what ctl apply printed before the contract: the status alone.
+func bareStatus(activated bool, timeout time.Duration) string {
+	b, _ := json.Marshal(contract.Status{Activated: activated, Timeout: timeout.Seconds(), TimeoutNanoseconds: int64(timeout)})
 	return string(b) + "\n"
 }
 
@@ -56,7 +62,7 @@ type answer struct {
 	hang           bool // until the push's deadline
 }
 
-var applied = answer{stdout: statusLine(true, 30*time.Second), stderr: "sent comet:activate\n"}
+var applied = answer{stdout: resultLine(true, 30*time.Second, "comet:activate")}
 
 type execCall struct {
 	pod, container string
@@ -112,7 +118,7 @@ func pushCometServer(kill bool, previous []cometv1.PodState) *cometv1.CometServe
 
 // recorded is a pod state as an earlier pass recorded it.
 func recorded(name, containerID string, activated bool, timeout time.Duration, generation int64, lastError string) cometv1.PodState {
-	return cometv1.PodState{Name: name, Activated: ptr.To(activated), Timeout: &metav1.Duration{Duration: timeout},
+	return cometv1.PodState{Name: name, Ready: true, Activated: ptr.To(activated), Timeout: &metav1.Duration{Duration: timeout},
 		AppliedGeneration: generation, ContainerID: containerID, LastError: lastError}
 }
 
@@ -120,6 +126,8 @@ func recorded(name, containerID string, activated bool, timeout time.Duration, g
 func pushed(name, containerID string) cometv1.PodState {
 	return recorded(name, containerID, true, 30*time.Second, pushGeneration, "")
 }
+
+func unready(st cometv1.PodState) cometv1.PodState { st.Ready = false; return st }
 
 func cid(name string, n int) string { return "containerd://" + name + "-" + string(rune('0'+n)) }
 
@@ -191,14 +199,17 @@ func TestPushWhereBehind(t *testing.T) {
 		wantMinFail   time.Duration // at least this much push time observed as failure
 		wantNextAbout time.Duration // when set, nextCheck is about this far ahead
 	}{{
-		name: "pods that cannot take a push are skipped",
+		name: "pods that cannot take a push are skipped; a running pod not ready yet is checked",
 		pods: []corev1.Pod{
 			testPod("a", notReady), testPod("b", terminating), testPod("c", phase(corev1.PodPending)),
 			testPod("d", containerWaiting), testPod("e", phase(corev1.PodSucceeded)),
 		},
-		checkedAgo:   map[string]time.Duration{"a": time.Minute},
-		wantStates:   nil,
-		wantVerified: map[string]verified{"a": verifiedKept, "b": verifiedNever},
+		checkedAgo:   map[string]time.Duration{"a": time.Minute, "b": time.Minute},
+		wantPushed:   []string{"a"},
+		wantStates:   []cometv1.PodState{unready(pushed("a", cid("a", 1)))},
+		wantVerified: map[string]verified{"a": verifiedNow, "b": verifiedKept, "c": verifiedNever},
+		wantEvents:   []string{"Normal Pushed pod a now holds activated=true timeout=30s (sent comet:activate)"},
+		wantSuccess:  1,
 	}, {
 		name:          "a new pod is pushed",
 		pods:          []corev1.Pod{testPod("a")},
@@ -257,7 +268,7 @@ func TestPushWhereBehind(t *testing.T) {
 		pods:          []corev1.Pod{testPod("a")},
 		previous:      []cometv1.PodState{recorded("a", cid("a", 1), true, 30*time.Second, pushGeneration, "")},
 		checkedAgo:    map[string]time.Duration{"a": time.Hour + time.Minute},
-		answers:       map[string]answer{"a": {stdout: statusLine(true, 30*time.Second)}},
+		answers:       map[string]answer{"a": {stdout: resultLine(true, 30*time.Second)}},
 		wantPushed:    []string{"a"},
 		wantStates:    []cometv1.PodState{pushed("a", cid("a", 1))},
 		wantVerified:  map[string]verified{"a": verifiedNow},
@@ -267,7 +278,7 @@ func TestPushWhereBehind(t *testing.T) {
 		name:         "a pod never verified (an operator restart) is checked",
 		pods:         []corev1.Pod{testPod("a")},
 		previous:     []cometv1.PodState{recorded("a", cid("a", 1), true, 30*time.Second, pushGeneration, "")},
-		answers:      map[string]answer{"a": {stdout: statusLine(true, 30*time.Second)}},
+		answers:      map[string]answer{"a": {stdout: resultLine(true, 30*time.Second)}},
 		wantPushed:   []string{"a"},
 		wantStates:   []cometv1.PodState{pushed("a", cid("a", 1))},
 		wantVerified: map[string]verified{"a": verifiedNow},
@@ -287,14 +298,15 @@ func TestPushWhereBehind(t *testing.T) {
 		pods:         []corev1.Pod{testPod("c"), testPod("a"), testPod("b", notReady), testPod("d")},
 		previous:     []cometv1.PodState{recorded("d", cid("d", 1), true, 30*time.Second, pushGeneration, "")},
 		checkedAgo:   map[string]time.Duration{"d": time.Minute},
-		wantPushed:   []string{"a", "c"},
-		wantStates:   []cometv1.PodState{pushed("a", cid("a", 1)), pushed("c", cid("c", 1)), pushed("d", cid("d", 1))},
-		wantVerified: map[string]verified{"a": verifiedNow, "c": verifiedNow, "d": verifiedKept},
+		wantPushed:   []string{"a", "b", "c"},
+		wantStates:   []cometv1.PodState{pushed("a", cid("a", 1)), unready(pushed("b", cid("b", 1))), pushed("c", cid("c", 1)), pushed("d", cid("d", 1))},
+		wantVerified: map[string]verified{"a": verifiedNow, "b": verifiedNow, "c": verifiedNow, "d": verifiedKept},
 		wantEvents: []string{
 			"Normal Pushed pod a now holds activated=true timeout=30s (sent comet:activate)",
+			"Normal Pushed pod b now holds activated=true timeout=30s (sent comet:activate)",
 			"Normal Pushed pod c now holds activated=true timeout=30s (sent comet:activate)",
 		},
-		wantSuccess: 2,
+		wantSuccess: 3,
 	}, {
 		name: "a failed push is recorded, truncated, kept behind and reported",
 		pods: []corev1.Pod{testPod("a", containerID(cid("a", 2))), testPod("b")},
@@ -321,7 +333,7 @@ func TestPushWhereBehind(t *testing.T) {
 		answers:      map[string]answer{"a": {hang: true}},
 		wantArgv:     []string{"/cometserver", "ctl", "--socket", "/run/comet/admin.sock", "--timeout", "90ms", "apply", "--activated=true", "--timeout=30s"},
 		wantPushed:   []string{"a"},
-		wantStates:   []cometv1.PodState{{Name: "a", ContainerID: cid("a", 1), LastError: "push timed out after 100ms: context deadline exceeded"}},
+		wantStates:   []cometv1.PodState{{Name: "a", Ready: true, ContainerID: cid("a", 1), LastError: "push timed out after 100ms: context deadline exceeded"}},
 		wantVerified: map[string]verified{"a": verifiedNever},
 		wantEvents:   []string{"Warning PushFailed pod a: push timed out after 100ms: context deadline exceeded"},
 		wantFailure:  1,
@@ -332,21 +344,38 @@ func TestPushWhereBehind(t *testing.T) {
 	}, {
 		name:         "ctl apply printing no status is a failure",
 		pods:         []corev1.Pod{testPod("a")},
-		answers:      map[string]answer{"a": {stdout: "ok\n", stderr: "sent comet:activate\n"}},
+		answers:      map[string]answer{"a": {stdout: "ok\n"}},
 		wantPushed:   []string{"a"},
-		wantStates:   []cometv1.PodState{{Name: "a", ContainerID: cid("a", 1), LastError: "ctl apply printed no status: invalid character 'o' looking for beginning of value"}},
+		wantStates:   []cometv1.PodState{{Name: "a", Ready: true, ContainerID: cid("a", 1), LastError: "ctl apply printed no result: invalid character 'o' looking for beginning of value"}},
 		wantVerified: map[string]verified{"a": verifiedNever},
-		wantEvents:   []string{"Warning PushFailed pod a: ctl apply printed no status: invalid character 'o' looking for beginning of value"},
+		wantEvents:   []string{"Warning PushFailed pod a: ctl apply printed no result: invalid character 'o' looking for beginning of value"},
 		wantFailure:  1,
 	}, {
 		name:         "what is recorded is the server's reply, not the spec",
 		pods:         []corev1.Pod{testPod("a")},
-		answers:      map[string]answer{"a": {stdout: statusLine(false, 7*time.Second), stderr: "sent comet:deactivate\nsent comet:set_timeout 7\n"}},
+		answers:      map[string]answer{"a": {stdout: resultLine(false, 7*time.Second, "comet:deactivate", "comet:set_timeout 7")}},
 		wantPushed:   []string{"a"},
 		wantStates:   []cometv1.PodState{recorded("a", cid("a", 1), false, 7*time.Second, pushGeneration, "")},
 		wantVerified: map[string]verified{"a": verifiedNow},
 		wantEvents:   []string{"Normal Pushed pod a now holds activated=true timeout=30s (sent comet:deactivate, comet:set_timeout 7)"},
 		wantSuccess:  1,
+	}, {
+		name:         "an older server's ctl, printing its bare status, is read",
+		pods:         []corev1.Pod{testPod("a")},
+		answers:      map[string]answer{"a": {stdout: bareStatus(true, 30*time.Second)}},
+		wantPushed:   []string{"a"},
+		wantStates:   []cometv1.PodState{pushed("a", cid("a", 1))},
+		wantVerified: map[string]verified{"a": verifiedNow},
+		wantSuccess:  1,
+	}, {
+		name:         "ctl apply's error is the pod's error",
+		pods:         []corev1.Pod{testPod("a")},
+		answers:      map[string]answer{"a": {stdout: `{"sent":[],"error":"admin socket unreachable: dial unix: no such file"}` + "\n", err: &ExitError{Code: 3}}},
+		wantPushed:   []string{"a"},
+		wantStates:   []cometv1.PodState{{Name: "a", Ready: true, ContainerID: cid("a", 1), LastError: "exit code 3: admin socket unreachable: dial unix: no such file"}},
+		wantVerified: map[string]verified{"a": verifiedNever},
+		wantEvents:   []string{"Warning PushFailed pod a: exit code 3: admin socket unreachable: dial unix: no such file"},
+		wantFailure:  1,
 	}, {
 		name:         "the verifications of pods that are gone are forgotten",
 		pods:         []corev1.Pod{testPod("a")},
@@ -596,5 +625,48 @@ func TestOwnedPods(t *testing.T) {
 	}
 	if got := ownedPods(&appsv1.Deployment{}, replicaSets, pods); got != nil {
 		t.Fatalf("with no Deployment yet: %d pods", len(got))
+	}
+}
+
+// podApply asks a pod for a limit or a history only where it reported
+// another one: a pod's first push, and an older server that holds what
+// the spec asks, get no flag their ctl may not know.
+func TestPodApply(t *testing.T) {
+	five, hist := ptr.To(5), &contract.History{Size: 7, TTL: time.Minute}
+	reported := func(limit *int32, size *int32, ttl time.Duration) *cometv1.PodState {
+		st := &cometv1.PodState{Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 20 * time.Second}, MaxVirtualChannels: limit, HistorySize: size}
+		if size != nil {
+			st.HistoryTTL = &metav1.Duration{Duration: ttl}
+		}
+		return st
+	}
+	base := Live{Activated: true, Timeout: 20 * time.Second}
+	withLimit, withHistory := base, base
+	withLimit.MaxVirtualChannels, withHistory.History = five, hist
+	for _, tt := range []struct {
+		name  string
+		live  Live
+		st    *cometv1.PodState
+		flags string // beyond activated and timeout
+	}{
+		{"first push, limit in the spec", withLimit, &cometv1.PodState{}, ""},
+		{"limit held", withLimit, reported(ptr.To[int32](5), nil, 0), ""},
+		{"limit differs", withLimit, reported(nil, nil, 0), "--max-virtual-channels=5"},
+		{"limit removed", base, reported(ptr.To[int32](5), nil, 0), "--max-virtual-channels=none"},
+		{"no limit, none held", base, reported(nil, nil, 0), ""},
+		{"history held", withHistory, reported(nil, ptr.To[int32](7), time.Minute), ""},
+		{"history differs", withHistory, reported(nil, ptr.To[int32](100), 2*time.Minute), "--history-size=7 --history-ttl=1m0s"},
+		{"history removed: the default", base, reported(nil, ptr.To[int32](7), time.Minute), "--history-size=100 --history-ttl=2m0s"},
+		{"a server without history is not asked", withHistory, reported(nil, nil, 0), ""},
+		{"a hand-edited status without a TTL", withHistory, &cometv1.PodState{Activated: ptr.To(true), HistorySize: ptr.To[int32](1)}, ""},
+	} {
+		argv := applyArgv(podApply(tt.live, tt.st, false), 10*time.Second)
+		if got := strings.Join(argv[len(liveArgv)-2+2:], " "); got != tt.flags {
+			t.Errorf("%s: flags %q, want %q (argv %q)", tt.name, got, tt.flags, argv)
+		}
+	}
+	// A pod that reported nothing holds no history the spec asks for.
+	if holds(reported(nil, nil, 0), withHistory) || !holds(reported(nil, nil, 0), base) {
+		t.Error("holds of a server without history")
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -28,7 +29,7 @@ func TestForeignLabelledPodIsLeftAlone(t *testing.T) {
 	ns := newNamespace(t)
 	createCometServer(t, ns, cometv1.CometServerSpec{})
 	ours := startPod(t, ns, "push-a")
-	waitPodState(t, ns, "push-a", Live{true, 20 * time.Second})
+	waitPodState(t, ns, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
 
 	var dep appsv1.Deployment
 	get(t, ns, "push", &dep)
@@ -45,7 +46,7 @@ func TestForeignLabelledPodIsLeftAlone(t *testing.T) {
 
 	// A live change is pushed to our pod; the labelled one gets nothing.
 	updateSpec(t, ns, func(s *cometv1.CometServerSpec) { s.Activated = ptr.To(false) })
-	cs := waitPodState(t, ns, "push-a", Live{false, 20 * time.Second})
+	cs := waitPodState(t, ns, "push-a", Live{Activated: false, Timeout: 20 * time.Second})
 	for _, c := range commander.callsFor(ns) {
 		if strings.HasPrefix(c, ns+"/intruder:") {
 			t.Fatalf("exec'd into a pod the CometServer does not own: %s", c)
@@ -64,7 +65,7 @@ func TestTokenSecretMustOptIn(t *testing.T) {
 	ns := newNamespace(t)
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "someone-elses", Namespace: ns},
-		Data:       map[string][]byte{tokenKey: []byte("a-database-password")},
+		Data:       map[string][]byte{contract.TokenKey: []byte("a-database-password")},
 	}
 	if err := k8s.Create(ctx, secret); err != nil {
 		t.Fatal(err)
@@ -94,7 +95,7 @@ func TestTokenSecretMustOptIn(t *testing.T) {
 	waitCondition(t, ns, cometv1.ConditionPublisherTokenAccepted, metav1.ConditionFalse, `has no key "token"`)
 
 	// It opts in with a token: the pods mount it.
-	secret.Data = map[string][]byte{tokenKey: []byte("the-publisher-token")}
+	secret.Data = map[string][]byte{contract.TokenKey: []byte("the-publisher-token")}
 	if err := k8s.Update(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +129,7 @@ func TestLoadBalancerExposesOnlyTheClientPort(t *testing.T) {
 	if client.Spec.Type != corev1.ServiceTypeLoadBalancer || len(client.Spec.Ports) != 1 || client.Spec.Ports[0].Port != 9000 {
 		t.Fatalf("client service %s %+v", client.Spec.Type, client.Spec.Ports)
 	}
-	if publisher.Spec.Type != corev1.ServiceTypeClusterIP || len(publisher.Spec.Ports) != 1 || publisher.Spec.Ports[0].Port != publisherPort {
+	if publisher.Spec.Type != corev1.ServiceTypeClusterIP || len(publisher.Spec.Ports) != 1 || publisher.Spec.Ports[0].Port != contract.PublisherPort {
 		t.Fatalf("publisher service %s %+v", publisher.Spec.Type, publisher.Spec.Ports)
 	}
 }
@@ -145,7 +146,7 @@ func TestNetworkPolicy(t *testing.T) {
 	eventually(t, "the network policy", func() error { return get(t, ns, "push", &np) })
 	if np.Spec.PodSelector.MatchLabels[labelInstance] != "push" || len(np.Spec.Ingress) != 2 ||
 		np.Spec.Ingress[0].Ports[0].Port.IntVal != 8080 || len(np.Spec.Ingress[0].From) != 0 ||
-		np.Spec.Ingress[1].Ports[0].Port.IntVal != publisherPort || len(np.Spec.Ingress[1].From) != 1 ||
+		np.Spec.Ingress[1].Ports[0].Port.IntVal != contract.PublisherPort || len(np.Spec.Ingress[1].From) != 1 ||
 		np.Spec.Ingress[1].From[0].NamespaceSelector.MatchLabels["name"] != "monitoring" {
 		t.Fatalf("network policy %+v", np.Spec)
 	}
@@ -192,8 +193,8 @@ func TestAHungPushHoldsNoOtherCometServer(t *testing.T) {
 	createCometServer(t, nsA, cometv1.CometServerSpec{})
 	createCometServer(t, nsB, cometv1.CometServerSpec{})
 	a, b := startPod(t, nsA, "push-a"), startPod(t, nsB, "push-a")
-	waitPodState(t, nsA, "push-a", Live{true, 20 * time.Second})
-	waitPodState(t, nsB, "push-a", Live{true, 20 * time.Second})
+	waitPodState(t, nsA, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
+	waitPodState(t, nsB, "push-a", Live{Activated: true, Timeout: 20 * time.Second})
 
 	// A's server stops answering: a push to it hangs until ctl gives up.
 	a.stopServer()

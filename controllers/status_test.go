@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -79,8 +80,9 @@ func testDeployment(generation, observed int64, conds ...appsv1.DeploymentCondit
 }
 
 func holding(name string) cometv1.PodState {
-	return cometv1.PodState{Name: name, Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 20 * time.Second},
-		AppliedGeneration: statusGeneration, ContainerID: "containerd://" + name + "-1"}
+	return cometv1.PodState{Name: name, Ready: true, Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 20 * time.Second},
+		AppliedGeneration: statusGeneration, ContainerID: "containerd://" + name + "-1",
+		Broker: &cometv1.PodBrokerState{Name: "memory", Ready: true}}
 }
 
 func failing(name, lastError string) cometv1.PodState {
@@ -106,6 +108,7 @@ type want struct {
 }
 
 var (
+	memoryBroker   = brokerVerdict{accepted: true, reason: "InMemory", message: "the in-memory broker needs no Secret"}
 	generatedToken = tokenVerdict{accepted: true, reason: "Generated", message: "generated in secret push-publisher-token"}
 	refusedToken   = tokenVerdict{reason: "SecretNotOptedIn", message: "secret mine lacks the label comet.cometop.dev/publisher-token=true"}
 )
@@ -223,12 +226,12 @@ func TestComputeStatus(t *testing.T) {
 		replicas: ptr.To[int32](1), dep: testDeployment(3, 3),
 		pods: []corev1.Pod{testPod("a")},
 		states: []cometv1.PodState{
-			{Name: "a", Activated: ptr.To(false), Timeout: &metav1.Duration{Duration: 20 * time.Second}},
+			{Name: "a", Ready: true, Activated: ptr.To(false), Timeout: &metav1.Duration{Duration: 20 * time.Second}},
 			holding("b"),
-			{Name: "c", Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 21 * time.Second}},
-			{Name: "d"}, // never pushed
-			{Name: "e", Activated: ptr.To(true)},
-			{Name: "f", Timeout: &metav1.Duration{Duration: 20 * time.Second}},
+			{Name: "c", Ready: true, Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 21 * time.Second}},
+			{Name: "d", Ready: true}, // never pushed
+			{Name: "e", Ready: true, Activated: ptr.To(true)},
+			{Name: "f", Ready: true, Timeout: &metav1.Duration{Duration: 20 * time.Second}},
 		},
 		wantReplicas: 1, wantReady: 1,
 		available:     want{T, "MinimumReplicasAvailable", "1 of 1 pods ready"},
@@ -239,7 +242,7 @@ func TestComputeStatus(t *testing.T) {
 		name:     "one pod behind the live state is being pushed",
 		replicas: ptr.To[int32](1), dep: testDeployment(3, 3),
 		pods:         []corev1.Pod{testPod("a")},
-		states:       []cometv1.PodState{{Name: "a", Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 30 * time.Second}, AppliedGeneration: statusGeneration - 1}},
+		states:       []cometv1.PodState{{Name: "a", Ready: true, Activated: ptr.To(true), Timeout: &metav1.Duration{Duration: 30 * time.Second}, AppliedGeneration: statusGeneration - 1}},
 		wantReplicas: 1, wantReady: 1,
 		available:     want{T, "MinimumReplicasAvailable", "1 of 1 pods ready"},
 		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
@@ -252,7 +255,7 @@ func TestComputeStatus(t *testing.T) {
 		states: []cometv1.PodState{
 			holding("a"),
 			failing("b", "exit code 3: admin socket unreachable"),
-			{Name: "c", Activated: ptr.To(false)}, // behind, not failing
+			{Name: "c", Ready: true, Activated: ptr.To(false)}, // behind, not failing
 			failing("d", "push timed out after 3s"),
 		},
 		wantReplicas: 1, wantReady: 1,
@@ -260,6 +263,19 @@ func TestComputeStatus(t *testing.T) {
 		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
 		configApplied: want{F, "PushFailed", liveBehind + "b, c, d"},
 		degraded:      want{T, "PushFailed", "push failed on pods b, d: exit code 3: admin socket unreachable"},
+	}, {
+		name:     "a pod that is not ready is neither behind nor failing",
+		replicas: ptr.To[int32](1), dep: testDeployment(3, 3),
+		pods: []corev1.Pod{testPod("a")},
+		states: []cometv1.PodState{
+			holding("a"),
+			{Name: "b", LastError: "exit code 3: admin socket unreachable"},
+		},
+		wantReplicas: 1, wantReady: 1,
+		available:     want{T, "MinimumReplicasAvailable", "1 of 1 pods ready"},
+		progressing:   want{F, "RolloutComplete", "1 of 1 pods ready and up to date"},
+		configApplied: want{T, "Applied", applied1},
+		degraded:      want{F, "AsExpected", healthy},
 	}, {
 		name:     "a replica failure is a stuck rollout",
 		replicas: ptr.To[int32](1),
@@ -345,7 +361,7 @@ func TestComputeStatus(t *testing.T) {
 			if tt.token != nil {
 				token, tokenWant = *tt.token, want{F, tt.token.reason, tt.token.message}
 			}
-			s := computeStatus(cs, tt.dep, tt.pods, tt.states, statusLive, currentHash, token)
+			s := computeStatus(cs, tt.dep, tt.pods, tt.states, statusLive, currentHash, token, memoryBroker)
 			if s.ObservedGeneration != statusGeneration {
 				t.Errorf("observedGeneration %d, want %d", s.ObservedGeneration, statusGeneration)
 			}
@@ -358,13 +374,17 @@ func TestComputeStatus(t *testing.T) {
 			if !reflect.DeepEqual(s.Pods, tt.states) {
 				t.Errorf("pods %+v, want the states given %+v", s.Pods, tt.states)
 			}
-			if len(s.Conditions) != 5 {
-				t.Errorf("%d conditions, want 5: %+v", len(s.Conditions), s.Conditions)
+			if len(s.Conditions) != 6 {
+				t.Errorf("%d conditions, want 6: %+v", len(s.Conditions), s.Conditions)
+			}
+			brokerWant := want{T, "Ready", fmt.Sprintf("memory broker ready on %d pods", len(tt.states))}
+			if len(tt.states) == 0 {
+				brokerWant = want{F, "NoPods", "no running pod has reported its memory broker"}
 			}
 			for typ, w := range map[string]want{
 				cometv1.ConditionAvailable: tt.available, cometv1.ConditionProgressing: tt.progressing,
 				cometv1.ConditionConfigApplied: tt.configApplied, cometv1.ConditionDegraded: tt.degraded,
-				cometv1.ConditionPublisherTokenAccepted: tokenWant,
+				cometv1.ConditionPublisherTokenAccepted: tokenWant, cometv1.ConditionBrokerReady: brokerWant,
 			} {
 				c := meta.FindStatusCondition(s.Conditions, typ)
 				switch {
@@ -401,12 +421,12 @@ func TestComputeStatusKeepsEarlierConditions(t *testing.T) {
 	states := []cometv1.PodState{holding("a")}
 
 	before := time.Now().Add(-time.Second) // metav1.Time has second precision
-	s := computeStatus(cs, dep, pods, states, statusLive, currentHash, generatedToken)
+	s := computeStatus(cs, dep, pods, states, statusLive, currentHash, generatedToken, memoryBroker)
 	if !reflect.DeepEqual(cs.Status.Conditions, input) {
 		t.Fatalf("computeStatus changed its input's conditions:\n%+v\nwas\n%+v", cs.Status.Conditions, input)
 	}
-	if len(s.Conditions) != 6 {
-		t.Fatalf("%d conditions, want the 5 of the operator and the earlier one: %+v", len(s.Conditions), s.Conditions)
+	if len(s.Conditions) != 7 {
+		t.Fatalf("%d conditions, want the 6 of the operator and the earlier one: %+v", len(s.Conditions), s.Conditions)
 	}
 	av := meta.FindStatusCondition(s.Conditions, cometv1.ConditionAvailable)
 	if !av.LastTransitionTime.Equal(&t0) || av.ObservedGeneration != statusGeneration || av.Status != metav1.ConditionTrue {
@@ -427,7 +447,7 @@ func TestComputeStatusKeepsEarlierConditions(t *testing.T) {
 
 	// The next pass, over the same observations, computes the same status.
 	cs.Status = s
-	again := computeStatus(cs, dep, pods, states, statusLive, currentHash, generatedToken)
+	again := computeStatus(cs, dep, pods, states, statusLive, currentHash, generatedToken, memoryBroker)
 	if !equality.Semantic.DeepEqual(again, s) {
 		t.Errorf("a second pass over the same observations changed the status:\n%+v\nto\n%+v", s, again)
 	}

@@ -41,6 +41,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cometv1 "github.com/cometop/comet-operator/api/v1alpha1"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -157,7 +158,7 @@ func newReconciler(mgr ctrl.Manager, resync time.Duration) *CometServerReconcile
 		Commander:            commander,
 		Image:                "cometserver:test",
 		PushConcurrency:      2,
-		ReconcileConcurrency: 4,
+		ReconcileConcurrency: 16, // the operator's default
 		PushTimeout:          testPush,
 		ResyncPeriod:         resync,
 		RetryPeriod:          testRetry,
@@ -294,7 +295,7 @@ func (l *localCommander) Exec(ctx context.Context, pod *corev1.Pod, container st
 	socket, ok := l.sockets[pod.Namespace+"/"+pod.Name]
 	l.calls = append(l.calls, pod.Namespace+"/"+pod.Name+": "+strings.Join(argv, " "))
 	l.mu.Unlock()
-	if !ok || container != containerName || argv[0] != ServerBinary {
+	if !ok || container != containerName || argv[0] != contract.ServerBinary {
 		return nil, nil, fmt.Errorf("localCommander: no pod %s/%s container %s binary %s", pod.Namespace, pod.Name, container, argv[0])
 	}
 	args := append([]string(nil), argv[1:]...)

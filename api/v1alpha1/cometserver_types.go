@@ -4,13 +4,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // CometServerSpec is the desired state of a fleet of comet servers.
 //
-// activated and timeout are live settings: a change reaches the running pods
-// over their admin socket, with no restart. Every other field changes the
-// pods, and changing it rolls them.
+// activated, timeout, maxVirtualChannels and history are live settings: a
+// change reaches the running pods over their admin socket, with no restart.
+// replicas scales the fleet. Every other field changes the pods, and
+// changing it rolls them, one at a time, a new pod first.
+// +kubebuilder:validation:XValidation:rule="!has(self.replicas) || self.replicas <= 1 || (has(self.broker) && self.broker.type == 'redis')",fieldPath=".replicas",message="replicas above 1 need a shared broker (spec.broker.type: redis): with the in-memory broker each replica holds its own channels and publishers and clients would miss each other"
 type CometServerSpec struct {
 	// Activated serves comet requests when true; when false every waiting
 	// and new client request gets 503 (comet:deactivate).
@@ -34,21 +37,55 @@ type CometServerSpec struct {
 	// +optional
 	KillOnTimeoutChange bool `json:"killOnTimeoutChange,omitempty"`
 
-	// MaxVirtualChannels bounds the live channels of each server. Absent
-	// means no limit; 0 refuses every channel. Changing it rolls the pods.
+	// MaxVirtualChannels bounds the live channels: of each server with the
+	// in-memory broker, of the whole fleet with Redis. Absent means no
+	// limit; 0 refuses every new channel. It is live: lowering it below
+	// the channels that live ends none, it refuses new ones until enough
+	// end (comet:set_max_virtual_channels).
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	MaxVirtualChannels *int32 `json:"maxVirtualChannels,omitempty"`
 
-	// Replicas is the number of comet server pods: 0 or 1. Each server holds
-	// its channels in memory, so with several replicas a publisher and a
-	// client could reach different pods and miss each other; more replicas
-	// need a shared broker, which this version does not have.
+	// History bounds what each channel keeps for clients that resume
+	// (PROTOCOL.md section 7), live (comet:set_history). Absent: the
+	// server's defaults, 100 messages for 2 minutes.
+	// +optional
+	History *HistorySpec `json:"history,omitempty"`
+
+	// Replicas is the number of comet server pods. Above 1 needs
+	// broker.type redis, so that every pod sees every channel. The scale
+	// subresource drives it: kubectl scale, a HorizontalPodAutoscaler.
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
-	// +kubebuilder:validation:XValidation:rule="self <= 1",message="replicas above 1 need a shared channel broker, which this version does not have: each replica would hold its own channels and publishers and clients would miss each other"
+	// +kubebuilder:validation:Maximum=1000
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Broker is where channels live: memory (each pod its own, the
+	// default) or redis (shared by the fleet, which may then scale).
+	// +optional
+	Broker *BrokerSpec `json:"broker,omitempty"`
+
+	// PodDisruptionBudget, when set, bounds the pods that voluntary
+	// disruptions (node drains) take at once.
+	// +optional
+	PodDisruptionBudget *PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitempty"`
+
+	// TopologySpreadConstraints of the pods. A constraint without a
+	// labelSelector gets the CometServer's pod selector.
+	// +optional
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+
+	// TerminationGracePeriodSeconds is what a stopping pod gets: 5 s in
+	// which it keeps serving while it leaves the Service's endpoints (its
+	// clients' next polls go to other pods), then the rest, less 2 s, to
+	// answer its waiting polls and close. At least 10.
+	// +kubebuilder:default=30
+	// +kubebuilder:validation:Minimum=10
+	// +kubebuilder:validation:Maximum=3600
+	// +optional
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
 
 	// Image of the comet server; by default the operator's --cometserver-image.
 	// +kubebuilder:validation:MaxLength=512
@@ -114,6 +151,76 @@ type CometServerSpec struct {
 	NetworkPolicy *NetworkPolicySpec `json:"networkPolicy,omitempty"`
 }
 
+// HistorySpec bounds a channel's history.
+type HistorySpec struct {
+	// Size is the messages kept per channel; 0 keeps none.
+	// +kubebuilder:default=100
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100000
+	// +optional
+	Size *int32 `json:"size,omitempty"`
+	// TTL is how long a message is kept, from 1s to 24h.
+	// +kubebuilder:default="2m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="history ttl must be at least 1s and at most 24h"
+	// +optional
+	TTL *metav1.Duration `json:"ttl,omitempty"`
+}
+
+// BrokerType names a broker.
+// +kubebuilder:validation:Enum=memory;redis
+type BrokerType string
+
+const (
+	BrokerMemory BrokerType = "memory"
+	BrokerRedis  BrokerType = "redis"
+)
+
+// BrokerSpec chooses where channels live.
+// +kubebuilder:validation:XValidation:rule="self.type == 'redis' ? has(self.redis) : !has(self.redis)",message="broker.redis is required with type redis and only then"
+type BrokerSpec struct {
+	// Type is memory or redis.
+	// +kubebuilder:default=memory
+	// +optional
+	Type BrokerType `json:"type,omitempty"`
+	// Redis is the Redis to use when type is redis.
+	// +optional
+	Redis *RedisSpec `json:"redis,omitempty"`
+}
+
+// RedisSpec says how to reach Redis. Nothing secret is here: the address
+// and credentials are in a Secret.
+type RedisSpec struct {
+	// SecretName names a Secret in the same namespace, labelled
+	// comet.cometop.dev/broker: "true" (the operator mounts no other), with
+	// the keys "url" (redis:// or rediss://host:port, an ACL user as the
+	// URL's user name, no password; a Redis Cluster by its seed nodes,
+	// rediss://host:port?addr=host2:port2), and optionally "password" and
+	// "ca.crt" (the CAs of a private Redis certificate). A Cluster is
+	// recognised by the client itself. A change of the Secret's keys rolls
+	// the pods (they read it at start) at the operator's next pass.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	SecretName string `json:"secretName"`
+	// Prefix starts every key of this fleet, so that fleets can share one
+	// Redis; by default "comet-<namespace>.<name>" (hashed past 64
+	// characters). A change moves the fleet to new keys: its channels stay
+	// behind under the old ones.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]{1,64}$`
+	// +optional
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// PodDisruptionBudgetSpec is either bound of a PodDisruptionBudget.
+// +kubebuilder:validation:XValidation:rule="has(self.minAvailable) != has(self.maxUnavailable)",message="set exactly one of minAvailable and maxUnavailable"
+type PodDisruptionBudgetSpec struct {
+	// +optional
+	MinAvailable *intstr.IntOrString `json:"minAvailable,omitempty"`
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+}
+
 // NetworkPolicySpec says who may reach a CometServer's pods.
 type NetworkPolicySpec struct {
 	// ClientFrom may reach the client endpoint; empty means everyone.
@@ -131,6 +238,10 @@ type PodState struct {
 	// Name of the pod.
 	Name string `json:"name"`
 
+	// Ready is whether the pod was ready (in the Service's endpoints).
+	// +optional
+	Ready bool `json:"ready"`
+
 	// Activated as the server reported it after the last push.
 	// +optional
 	Activated *bool `json:"activated,omitempty"`
@@ -138,6 +249,24 @@ type PodState struct {
 	// Timeout as the server reported it after the last push.
 	// +optional
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// MaxVirtualChannels as the server reported it; absent for no limit.
+	// +optional
+	MaxVirtualChannels *int32 `json:"maxVirtualChannels,omitempty"`
+
+	// HistorySize and HistoryTTL as the server reported them.
+	// +optional
+	HistorySize *int32 `json:"historySize,omitempty"`
+	// +optional
+	HistoryTTL *metav1.Duration `json:"historyTTL,omitempty"`
+
+	// Broker is the pod's broker as it reported it at the last check.
+	// +optional
+	Broker *PodBrokerState `json:"broker,omitempty"`
+
+	// Waiting is the number of polls the pod held at the last check.
+	// +optional
+	Waiting int32 `json:"waiting,omitempty"`
 
 	// AppliedGeneration is the CometServer generation whose live state the
 	// pod last confirmed holding.
@@ -150,6 +279,17 @@ type PodState struct {
 	ContainerID string `json:"containerID,omitempty"`
 
 	// LastError of the last push; empty when it succeeded.
+	// +optional
+	LastError string `json:"lastError,omitempty"`
+}
+
+// PodBrokerState is one pod's broker as it reported it.
+type PodBrokerState struct {
+	// Name is memory or redis.
+	Name string `json:"name"`
+	// Ready is whether the pod could reach its broker.
+	Ready bool `json:"ready"`
+	// LastError is the broker's last failure, if any since its last success.
 	// +optional
 	LastError string `json:"lastError,omitempty"`
 }
@@ -168,18 +308,38 @@ type CometServerStatus struct {
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas"`
 
+	// UpdatedReplicas is the number of pods of the current pod template.
+	// +optional
+	UpdatedReplicas int32 `json:"updatedReplicas,omitempty"`
+
+	// Waiting is the number of polls the fleet's pods held at their last
+	// check.
+	// +optional
+	Waiting int32 `json:"waiting"`
+
+	// Broker is the broker the pods use, memory or redis.
+	// +optional
+	Broker BrokerType `json:"broker,omitempty"`
+
+	// Activated and Timeout are what every ready pod holds, when they
+	// agree and hold the current generation; absent otherwise.
+	// +optional
+	Activated *bool `json:"activated,omitempty"`
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
 	// Selector selects the pods, for the scale subresource.
 	// +optional
 	Selector string `json:"selector,omitempty"`
 
-	// Pods is the live state of each ready pod, by name.
+	// Pods is the live state of each running pod, by name.
 	// +optional
 	// +listType=map
 	// +listMapKey=name
 	Pods []PodState `json:"pods,omitempty"`
 
-	// Conditions: Available, Progressing, ConfigApplied, Degraded,
-	// PublisherTokenAccepted.
+	// Conditions: Available, Progressing, ConfigApplied, BrokerReady,
+	// Degraded, PublisherTokenAccepted.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -194,6 +354,8 @@ const (
 	ConditionProgressing = "Progressing"
 	// ConditionConfigApplied: every ready pod holds the spec's live state.
 	ConditionConfigApplied = "ConfigApplied"
+	// ConditionBrokerReady: every ready pod reports its broker ready.
+	ConditionBrokerReady = "BrokerReady"
 	// ConditionDegraded: pushes fail, the rollout is stuck, or the
 	// publisher token Secret is refused.
 	ConditionDegraded = "Degraded"
@@ -203,15 +365,20 @@ const (
 
 	// PublisherTokenLabel opts a Secret in as a publisher token Secret.
 	PublisherTokenLabel = "comet.cometop.dev/publisher-token"
+	// BrokerSecretLabel opts a Secret in as a broker Secret.
+	BrokerSecretLabel = "comet.cometop.dev/broker"
 )
 
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
 // +kubebuilder:resource:shortName=comet
+// +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.replicas`
 // +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.readyReplicas`
-// +kubebuilder:printcolumn:name="Activated",type=boolean,JSONPath=`.spec.activated`
-// +kubebuilder:printcolumn:name="Timeout",type=string,JSONPath=`.spec.timeout`
+// +kubebuilder:printcolumn:name="Activated",type=boolean,JSONPath=`.status.activated`,description="what the pods hold"
+// +kubebuilder:printcolumn:name="Timeout",type=string,JSONPath=`.status.timeout`,description="what the pods hold"
+// +kubebuilder:printcolumn:name="Broker",type=string,JSONPath=`.status.broker`
+// +kubebuilder:printcolumn:name="Waiting",type=integer,JSONPath=`.status.waiting`,priority=1
 // +kubebuilder:printcolumn:name="Applied",type=string,JSONPath=`.status.conditions[?(@.type=="ConfigApplied")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 

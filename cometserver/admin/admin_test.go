@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -30,6 +31,9 @@ func TestParse(t *testing.T) {
 		{line: "comet:set_history 100 120", want: Command{Verb: SetHistory, HistorySize: 100, HistoryTTL: 2 * time.Minute}},
 		{line: " comet:set_history\t0  0.5 ", want: Command{Verb: SetHistory, HistoryTTL: 500 * time.Millisecond}},
 		{line: "comet:set_history 100000 86400", want: Command{Verb: SetHistory, HistorySize: 100000, HistoryTTL: 24 * time.Hour}},
+		{line: "comet:set_max_virtual_channels 0", want: Command{Verb: SetMaxVirtualChannels}},
+		{line: "comet:set_max_virtual_channels\t2147483647", want: Command{Verb: SetMaxVirtualChannels, MaxVirtualChannels: 2147483647}},
+		{line: "comet:set_max_virtual_channels none", want: Command{Verb: SetMaxVirtualChannels, MaxVirtualChannels: Unlimited}},
 		{line: "comet:set_timeout\t2.5\tKILL", want: Command{Verb: SetTimeout, Timeout: 2500 * time.Millisecond, Kill: true}},
 		{line: "comet:set_timeout .5", want: Command{Verb: SetTimeout, Timeout: 500 * time.Millisecond}},
 		{line: "comet:set_timeout 3.", want: Command{Verb: SetTimeout, Timeout: 3 * time.Second}},
@@ -64,6 +68,13 @@ func TestParse(t *testing.T) {
 		{line: "comet:set_history 1.5 60", err: "size must be"},
 		{line: "comet:set_history 5 0", err: "ttl: seconds must be greater than 0"},
 		{line: "comet:set_history 5 2m", err: "ttl: seconds must be a decimal number"},
+		{line: "comet:set_max_virtual_channels", err: "takes <count>|none, got 0"},
+		{line: "comet:set_max_virtual_channels 1 2", err: "got 2"},
+		{line: "comet:set_max_virtual_channels -1", err: `limit must be none or an integer from 0 to 2147483647, got "-1"`},
+		{line: "comet:set_max_virtual_channels 2147483648", err: "limit must be"},
+		{line: "comet:set_max_virtual_channels 07", err: "limit must be"},
+		{line: "comet:set_max_virtual_channels NONE", err: "limit must be"},
+		{line: "comet:set_max_virtual_channels 1e3", err: "limit must be"},
 		{line: "comet:" + strings.Repeat("v", 58), err: `unknown command "` + strings.Repeat("v", 58) + `"`}, // 58 bytes: not truncated
 		{line: "comet:" + strings.Repeat("v", 64), err: `unknown command "` + strings.Repeat("v", 64) + `"`},
 		{line: "comet:" + strings.Repeat("v", 65), err: `unknown command "` + strings.Repeat("v", 64) + `..."`},
@@ -91,7 +102,8 @@ func TestParse(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"comet:activate", "comet:set_timeout 2.5 KILL", "comet:set_timeout .", "comet:status\t", "comet:", "",
 		"comet:set_timeout 9223372036.854775806", "comet:set_timeout 0.0000000005", "comet:set_timeout 123456789.987654321 KILL",
-		"comet:set_history 100 120", "comet:set_history 0 .5", "comet:set_history 100000 1"} {
+		"comet:set_history 100 120", "comet:set_history 0 .5", "comet:set_history 100000 1",
+		"comet:set_max_virtual_channels none", "comet:set_max_virtual_channels 12"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
@@ -104,6 +116,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if cmd.Verb == SetTimeout && cmd.Timeout <= 0 {
 			t.Fatalf("timeout %v accepted from %q", cmd.Timeout, line)
+		}
+		if cmd.Verb == SetMaxVirtualChannels && (cmd.MaxVirtualChannels < Unlimited || cmd.MaxVirtualChannels > MaxVirtualChannelsLimit) {
+			t.Fatalf("limit %d accepted from %q", cmd.MaxVirtualChannels, line)
 		}
 		if cmd.Verb == SetHistory && (cmd.HistoryTTL <= 0 || cmd.HistorySize < 0 || cmd.HistorySize > MaxHistorySize) {
 			t.Fatalf("history %d, %v accepted from %q", cmd.HistorySize, cmd.HistoryTTL, line)
@@ -164,6 +179,14 @@ type target struct {
 	timeout   time.Duration
 	kills     int
 	history   [2]int64 // size, ttl
+	limit     *int
+}
+
+func (t *target) SetMaxVirtualChannels(limit *int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.limit = limit
+	return nil
 }
 
 func (t *target) SetHistory(size int, ttl time.Duration) error {
@@ -184,10 +207,10 @@ func (t *target) SetTimeout(d time.Duration, kill bool) error {
 	}
 	return nil
 }
-func (t *target) Status() StatusReply {
+func (t *target) Status() contract.Status {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return StatusReply{Activated: t.activated, Timeout: t.timeout.Seconds(), TimeoutNanoseconds: int64(t.timeout)}
+	return contract.Status{Activated: t.activated, Timeout: t.timeout.Seconds(), TimeoutNanoseconds: int64(t.timeout)}
 }
 
 func newSocket(t *testing.T) (*Socket, *target, string) {
@@ -211,7 +234,7 @@ func TestSocket(t *testing.T) {
 		t.Fatalf("socket file: %v %v, want a socket with mode 0600", fi.Mode(), err)
 	}
 	c := Client{Path: path}
-	answers, err := c.Do("comet:deactivate", "comet:bogus", "comet:set_timeout 5 KILL", "comet:set_timeout 0 KILL", "comet:status", "comet:set_history 9 1.5")
+	answers, err := c.Do("comet:deactivate", "comet:bogus", "comet:set_timeout 5 KILL", "comet:set_timeout 0 KILL", "comet:status", "comet:set_history 9 1.5", "comet:set_max_virtual_channels 7")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +255,12 @@ func TestSocket(t *testing.T) {
 	tg.mu.Unlock()
 	if answers[5] != "ok" || history != [2]int64{9, int64(1500 * time.Millisecond)} {
 		t.Errorf("set_history: %q, target got %v", answers[5], history)
+	}
+	tg.mu.Lock()
+	limit := tg.limit
+	tg.mu.Unlock()
+	if answers[6] != "ok" || limit == nil || *limit != 7 {
+		t.Errorf("set_max_virtual_channels: %q, target got %v", answers[6], limit)
 	}
 	tg.mu.Lock()
 	activated, timeout, kills := tg.activated, tg.timeout, tg.kills

@@ -8,6 +8,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/cometop/comet-operator/cometserver/contract"
 )
 
 // ErrUnreachable wraps every failure to reach the socket: missing, refused,
@@ -91,18 +93,18 @@ func checkOK(line, answer string) error {
 }
 
 // Status asks for the server's status.
-func (c Client) Status() (StatusReply, error) {
+func (c Client) Status() (contract.Status, error) {
 	line := Command{Verb: Status}.String()
 	a, err := c.Do(line)
 	if err != nil {
-		return StatusReply{}, err
+		return contract.Status{}, err
 	}
 	if reason, ok := strings.CutPrefix(a[0], "error: "); ok {
-		return StatusReply{}, &RefusedError{Command: line, Reason: reason}
+		return contract.Status{}, &RefusedError{Command: line, Reason: reason}
 	}
-	var s StatusReply
+	var s contract.Status
 	if err := json.Unmarshal([]byte(a[0]), &s); err != nil {
-		return StatusReply{}, fmt.Errorf("status answer is not JSON: %w", err)
+		return contract.Status{}, fmt.Errorf("status answer is not JSON: %w", err)
 	}
 	return s, nil
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cometop/comet-operator/cometserver/contract"
 )
 
 // Verb names an admin command.
@@ -23,7 +25,21 @@ const (
 	Status     Verb = "status"
 	// SetHistory is an extension: "set_history <size> <ttl-seconds>".
 	SetHistory Verb = "set_history"
+	// SetMaxVirtualChannels is an extension:
+	// "set_max_virtual_channels <count>|none".
+	SetMaxVirtualChannels Verb = "set_max_virtual_channels"
 )
+
+// NoLimit is set_max_virtual_channels's word for "no limit", Unlimited
+// its value.
+const (
+	NoLimit   = contract.NoLimit
+	Unlimited = contract.Unlimited
+)
+
+// MaxVirtualChannelsLimit bounds set_max_virtual_channels: the Redis
+// register script and the Kubernetes API (int32) both take it.
+const MaxVirtualChannelsLimit = math.MaxInt32
 
 // MaxHistorySize bounds the messages a channel's history may keep.
 const MaxHistorySize = 100_000
@@ -39,10 +55,15 @@ type Command struct {
 
 	HistorySize int           // set_history only
 	HistoryTTL  time.Duration // set_history only
+
+	MaxVirtualChannels int // set_max_virtual_channels only; Unlimited: no limit
 }
 
 // String renders c as the line that Parse reads back.
 func (c Command) String() string {
+	if c.Verb == SetMaxVirtualChannels {
+		return Prefix + string(SetMaxVirtualChannels) + " " + FormatLimit(c.MaxVirtualChannels)
+	}
 	if c.Verb == SetHistory {
 		return Prefix + string(SetHistory) + " " + strconv.Itoa(c.HistorySize) + " " + FormatSeconds(c.HistoryTTL)
 	}
@@ -102,9 +123,43 @@ func Parse(line string) (Command, error) {
 			return Command{}, fmt.Errorf("set_history: ttl: %w", err)
 		}
 		return Command{Verb: SetHistory, HistorySize: size, HistoryTTL: ttl}, nil
+	case SetMaxVirtualChannels:
+		if len(args) != 1 {
+			return Command{}, fmt.Errorf("set_max_virtual_channels takes <count>|%s, got %d arguments", NoLimit, len(args))
+		}
+		limit, err := ParseLimit(args[0])
+		if err != nil {
+			return Command{}, fmt.Errorf("set_max_virtual_channels: %w", err)
+		}
+		return Command{Verb: SetMaxVirtualChannels, MaxVirtualChannels: limit}, nil
 	default:
 		return Command{}, fmt.Errorf("unknown command %q", truncate(verb))
 	}
+}
+
+// ParseLimit reads a limit on live channels: "none" (Unlimited) or a
+// decimal integer from 0 (refuse every new channel) to
+// MaxVirtualChannelsLimit.
+func ParseLimit(s string) (int, error) {
+	if s == NoLimit {
+		return Unlimited, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > MaxVirtualChannelsLimit || s != strconv.Itoa(n) {
+		return 0, fmt.Errorf("limit must be %s or an integer from 0 to %d, got %q", NoLimit, MaxVirtualChannelsLimit, truncate(s))
+	}
+	return n, nil
+}
+
+// FormatLimit renders a limit as ParseLimit reads it.
+func FormatLimit(limit int) string { return contract.FormatLimit(limit) }
+
+// LimitPtr is a limit as the engine takes it: nil for none.
+func LimitPtr(limit int) *int {
+	if limit < 0 {
+		return nil
+	}
+	return &limit
 }
 
 // ParseHistorySize reads a history size: a decimal integer from 0 (no

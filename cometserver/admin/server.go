@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/cometserver/metrics"
 )
 
@@ -24,7 +25,8 @@ type Target interface {
 	Deactivate()
 	SetTimeout(d time.Duration, kill bool) error
 	SetHistory(size int, ttl time.Duration) error
-	Status() StatusReply
+	SetMaxVirtualChannels(limit *int) error
+	Status() contract.Status
 }
 
 // Executor runs command lines against a Target.
@@ -53,6 +55,8 @@ func (e *Executor) Exec(line string, source string) string {
 		err = e.Target.SetTimeout(cmd.Timeout, cmd.Kill)
 	case SetHistory:
 		err = e.Target.SetHistory(cmd.HistorySize, cmd.HistoryTTL)
+	case SetMaxVirtualChannels:
+		err = e.Target.SetMaxVirtualChannels(LimitPtr(cmd.MaxVirtualChannels))
 	case Status:
 		var b []byte
 		b, err = json.Marshal(e.Target.Status())

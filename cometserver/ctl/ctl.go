@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/cometserver/contract"
 )
 
 // Exit codes.
@@ -24,7 +25,7 @@ const (
 )
 
 // DefaultSocket is where the server listens unless told otherwise.
-const DefaultSocket = "/run/comet/admin.sock"
+const DefaultSocket = contract.AdminSocket
 
 const usage = `usage: cometserver ctl [--socket PATH] [--timeout DURATION (whole command, default 10s)] COMMAND
 
@@ -34,7 +35,9 @@ commands:
   set-timeout SECONDS [--kill]  timeout of new waits; --kill answers waiting clients 503
   status                        print the server's status as JSON
   apply --activated=BOOL --timeout=DURATION [--kill-on-change]
-                                send only what differs, print the resulting status,
+        [--max-virtual-channels=COUNT|none] [--history-size=N --history-ttl=DURATION]
+                                send only what differs; print one JSON line
+                                {"state":{...},"sent":[...],"error":"..."};
                                 exit 0 only if the server now holds that state
 
 exit codes: 0 ok, 1 refused or not converged, 2 usage, 3 socket unreachable
@@ -99,67 +102,120 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func apply(c admin.Client, args []string, stdout, stderr io.Writer) int {
-	sub := flag.NewFlagSet("apply", flag.ContinueOnError)
-	sub.SetOutput(io.Discard)
-	activated := sub.String("activated", "", "true or false (required)")
-	timeout := sub.String("timeout", "", "a duration such as 20s (required)")
-	killOnChange := sub.Bool("kill-on-change", false, "send KILL with set_timeout when the timeout changes")
-	if err := sub.Parse(args); err != nil {
+	want, err := parseApply(args)
+	if err != nil {
 		return usageError(stderr, err)
 	}
-	if sub.NArg() > 0 {
-		return usageError(stderr, fmt.Errorf("apply takes no positional argument, got %q", sub.Arg(0)))
-	}
-	var want Desired
-	var err error
-	if want.Activated, err = strconv.ParseBool(*activated); err != nil {
-		return usageError(stderr, fmt.Errorf("--activated must be true or false, got %q", *activated))
-	}
-	if want.Timeout, err = time.ParseDuration(*timeout); err != nil || want.Timeout <= 0 {
-		return usageError(stderr, fmt.Errorf("--timeout must be a duration greater than 0 such as 20s, got %q", *timeout))
-	}
-	want.KillOnChange = *killOnChange
-
 	got, sent, err := Apply(c, want)
+	result := contract.ApplyResult{Sent: []string{}}
 	for _, cmd := range sent {
-		fmt.Fprintf(stderr, "sent %s\n", cmd)
+		result.Sent = append(result.Sent, cmd.String())
+	}
+	result.State = got
+	if err == nil && !want.HeldBy(*got) {
+		err = fmt.Errorf("%w: server holds %s, want %s", errNotConverged, describe(*got, want), describeWant(want))
 	}
 	if err != nil {
-		return report(stderr, err)
+		result.Error = err.Error()
 	}
-	if code := printJSON(stdout, stderr, got); code != ExitOK {
+	if code := printJSON(stdout, stderr, result); code != ExitOK {
 		return code
 	}
-	if !want.HeldBy(got) {
-		fmt.Fprintf(stderr, "error: server holds activated=%t timeout=%s, want activated=%t timeout=%s\n",
-			got.Activated, got.TimeoutDuration(), want.Activated, want.Timeout)
-		return ExitRefused
+	return report(stderr, err)
+}
+
+var errNotConverged = errors.New("not converged")
+
+// parseApply reads apply's flags, named by the contract that the
+// operator's argv is built from.
+func parseApply(args []string) (contract.Apply, error) {
+	sub := flag.NewFlagSet("apply", flag.ContinueOnError)
+	sub.SetOutput(io.Discard)
+	activated := sub.String(contract.FlagActivated, "", "true or false (required)")
+	timeout := sub.String(contract.FlagTimeout, "", "a duration such as 20s (required)")
+	killOnChange := sub.Bool(contract.FlagKillOnChange, false, "send KILL with set_timeout when the timeout changes")
+	limit := sub.String(contract.FlagMaxVirtualChannels, "", "a count, or none")
+	historySize := sub.String(contract.FlagHistorySize, "", "messages kept per channel")
+	historyTTL := sub.String(contract.FlagHistoryTTL, "", "how long one is kept, such as 2m")
+	var want contract.Apply
+	if err := sub.Parse(args); err != nil {
+		return want, err
 	}
-	return ExitOK
+	if sub.NArg() > 0 {
+		return want, fmt.Errorf("apply takes no positional argument, got %q", sub.Arg(0))
+	}
+	var err error
+	if want.Activated, err = strconv.ParseBool(*activated); err != nil {
+		return want, fmt.Errorf("--activated must be true or false, got %q", *activated)
+	}
+	if want.Timeout, err = time.ParseDuration(*timeout); err != nil || want.Timeout <= 0 {
+		return want, fmt.Errorf("--timeout must be a duration greater than 0 such as 20s, got %q", *timeout)
+	}
+	want.KillOnChange = *killOnChange
+	set := map[string]bool{}
+	sub.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set[contract.FlagMaxVirtualChannels] {
+		n, err := admin.ParseLimit(*limit)
+		if err != nil {
+			return want, fmt.Errorf("--%s: %w", contract.FlagMaxVirtualChannels, err)
+		}
+		want.MaxVirtualChannels = &n
+	}
+	if set[contract.FlagHistorySize] != set[contract.FlagHistoryTTL] {
+		return want, fmt.Errorf("--%s and --%s go together", contract.FlagHistorySize, contract.FlagHistoryTTL)
+	}
+	if set[contract.FlagHistorySize] {
+		size, err := admin.ParseHistorySize(*historySize)
+		if err != nil {
+			return want, fmt.Errorf("--%s: %w", contract.FlagHistorySize, err)
+		}
+		ttl, err := time.ParseDuration(*historyTTL)
+		if err != nil || ttl <= 0 {
+			return want, fmt.Errorf("--%s must be a duration greater than 0 such as 2m, got %q", contract.FlagHistoryTTL, *historyTTL)
+		}
+		want.History = &contract.History{Size: size, TTL: ttl}
+	}
+	return want, nil
 }
 
-// Desired is the live state apply asks for.
-type Desired struct {
-	Activated    bool
-	Timeout      time.Duration
-	KillOnChange bool
+func describe(s contract.Status, like contract.Apply) string {
+	d := fmt.Sprintf("activated=%t timeout=%s", s.Activated, s.TimeoutDuration())
+	if like.MaxVirtualChannels != nil {
+		d += " max_virtual_channels=" + contract.FormatLimit(contract.LimitOf(s.MaxVirtualChannels))
+	}
+	if like.History != nil {
+		d += fmt.Sprintf(" history=%d/%s", s.HistorySize, s.HistoryTTLDuration())
+	}
+	return d
 }
 
-// HeldBy reports whether a server in status s holds the desired state.
-func (d Desired) HeldBy(s admin.StatusReply) bool {
-	return s.Activated == d.Activated && s.TimeoutDuration() == d.Timeout
+func describeWant(a contract.Apply) string {
+	d := fmt.Sprintf("activated=%t timeout=%s", a.Activated, a.Timeout)
+	if a.MaxVirtualChannels != nil {
+		d += " max_virtual_channels=" + contract.FormatLimit(*a.MaxVirtualChannels)
+	}
+	if a.History != nil {
+		d += fmt.Sprintf(" history=%d/%s", a.History.Size, a.History.TTL)
+	}
+	return d
 }
 
 // Plan returns the commands that take a server from cur to d, and nothing
 // for what already matches. A deactivation goes first and an activation
 // last, so no request ever waits under the old timeout after the change.
-func Plan(cur admin.StatusReply, d Desired) []admin.Command {
+func Plan(cur contract.Status, d contract.Apply) []admin.Command {
 	var cmds []admin.Command
 	if cur.Activated && !d.Activated {
 		cmds = append(cmds, admin.Command{Verb: admin.Deactivate})
 	}
 	if cur.TimeoutDuration() != d.Timeout {
 		cmds = append(cmds, admin.Command{Verb: admin.SetTimeout, Timeout: d.Timeout, Kill: d.KillOnChange})
+	}
+	if d.MaxVirtualChannels != nil && contract.LimitOf(cur.MaxVirtualChannels) != *d.MaxVirtualChannels {
+		cmds = append(cmds, admin.Command{Verb: admin.SetMaxVirtualChannels, MaxVirtualChannels: *d.MaxVirtualChannels})
+	}
+	if h := d.History; h != nil && (cur.HistorySize != h.Size || cur.HistoryTTLDuration() != h.TTL) {
+		cmds = append(cmds, admin.Command{Verb: admin.SetHistory, HistorySize: h.Size, HistoryTTL: h.TTL})
 	}
 	if !cur.Activated && d.Activated {
 		cmds = append(cmds, admin.Command{Verb: admin.Activate})
@@ -168,23 +224,27 @@ func Plan(cur admin.StatusReply, d Desired) []admin.Command {
 }
 
 // Apply reads the status, sends what Plan says, and reads the status back.
-func Apply(c admin.Client, d Desired) (admin.StatusReply, []admin.Command, error) {
+// The status is nil when it could not be read.
+func Apply(c admin.Client, d contract.Apply) (*contract.Status, []admin.Command, error) {
 	cur, err := c.Status()
 	if err != nil {
-		return cur, nil, err
+		return nil, nil, err
 	}
 	var sent []admin.Command
 	for _, cmd := range Plan(cur, d) {
 		if err := c.Run(cmd); err != nil {
-			return cur, sent, err
+			return nil, sent, err
 		}
 		sent = append(sent, cmd)
 	}
 	if len(sent) == 0 {
-		return cur, nil, nil
+		return &cur, nil, nil
 	}
 	got, err := c.Status()
-	return got, sent, err
+	if err != nil {
+		return nil, sent, err
+	}
+	return &got, sent, nil
 }
 
 func report(stderr io.Writer, err error) int {

@@ -5,16 +5,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/cometserver/security"
 	"github.com/cometop/comet-operator/test/bounded"
 )
@@ -26,6 +29,8 @@ type server struct {
 	path  string
 	mu    sync.Mutex
 	lines []string // every command line the socket received
+	limit *int
+	hist  [2]int64 // history size, ttl
 }
 
 func (s *server) Activate()   { s.state.Activate() }
@@ -33,10 +38,24 @@ func (s *server) Deactivate() { s.state.Deactivate() }
 func (s *server) SetTimeout(d time.Duration, kill bool) error {
 	return s.state.SetTimeout(d, kill)
 }
-func (s *server) SetHistory(int, time.Duration) error { return nil }
-func (s *server) Status() admin.StatusReply {
+func (s *server) SetHistory(size int, ttl time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hist = [2]int64{int64(size), int64(ttl)}
+	return nil
+}
+func (s *server) SetMaxVirtualChannels(limit *int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limit = limit
+	return nil
+}
+func (s *server) Status() contract.Status {
 	snap := s.state.Snapshot()
-	return admin.StatusReply{Activated: snap.Activated, Timeout: snap.Timeout.Seconds(), TimeoutNanoseconds: int64(snap.Timeout)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return contract.Status{Activated: snap.Activated, Timeout: snap.Timeout.Seconds(), TimeoutNanoseconds: int64(snap.Timeout),
+		MaxVirtualChannels: s.limit, HistorySize: int(s.hist[0]), HistoryTTLNs: s.hist[1]}
 }
 
 // recording wraps a Target to record each command it is given.
@@ -55,6 +74,15 @@ func (r recording) Deactivate() { r.note("deactivate"); r.Target.Deactivate() }
 func (r recording) SetTimeout(d time.Duration, kill bool) error {
 	r.note(admin.Command{Verb: admin.SetTimeout, Timeout: d, Kill: kill}.String())
 	return r.Target.SetTimeout(d, kill)
+}
+
+func (r recording) SetMaxVirtualChannels(limit *int) error {
+	r.note("max " + contract.FormatLimit(contract.LimitOf(limit)))
+	return r.Target.SetMaxVirtualChannels(limit)
+}
+func (r recording) SetHistory(size int, ttl time.Duration) error {
+	r.note(fmt.Sprintf("history %d %s", size, ttl))
+	return r.Target.SetHistory(size, ttl)
 }
 
 func startServer(t *testing.T, activated bool, timeout time.Duration) *server {
@@ -82,39 +110,44 @@ func run(args ...string) (code int, stdout, stderr string) {
 }
 
 // apply sends only what differs, deactivate first and activate last, KILL
-// only with a real timeout change, prints the resulting status and exits 0
-// once the server holds the state.
+// only with a real timeout change, prints one JSON result (the state it
+// left and what it sent) and exits 0 once the server holds the state.
 func TestApply(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	s := startServer(t, true, 20*time.Second)
 	for _, tt := range []struct {
 		args      []string
-		sent      string // stderr
-		commands  string // what the server received
+		sent      []string // in the result
+		commands  string   // what the server received
 		activated bool
 		timeout   time.Duration
 	}{
-		{[]string{"--activated=false", "--timeout=5s"}, "sent comet:deactivate\nsent comet:set_timeout 5\n", "deactivate,comet:set_timeout 5", false, 5 * time.Second},
-		{[]string{"--activated=false", "--timeout=5s", "--kill-on-change"}, "", "", false, 5 * time.Second},
-		{[]string{"--activated=true", "--timeout=5000ms", "--kill-on-change"}, "sent comet:activate\n", "activate", true, 5 * time.Second},
-		{[]string{"--activated=true", "--timeout=1.5s", "--kill-on-change"}, "sent comet:set_timeout 1.5 KILL\n", "comet:set_timeout 1.5 KILL", true, 1500 * time.Millisecond},
-		{[]string{"--activated=false", "--timeout=2s", "--kill-on-change"}, "sent comet:deactivate\nsent comet:set_timeout 2 KILL\n", "deactivate,comet:set_timeout 2 KILL", false, 2 * time.Second},
-		{[]string{"--activated=true", "--timeout=3s"}, "sent comet:set_timeout 3\nsent comet:activate\n", "comet:set_timeout 3,activate", true, 3 * time.Second},
+		{[]string{"--activated=false", "--timeout=5s"}, []string{"comet:deactivate", "comet:set_timeout 5"}, "deactivate,comet:set_timeout 5", false, 5 * time.Second},
+		{[]string{"--activated=false", "--timeout=5s", "--kill-on-change"}, []string{}, "", false, 5 * time.Second},
+		{[]string{"--activated=true", "--timeout=5000ms", "--kill-on-change"}, []string{"comet:activate"}, "activate", true, 5 * time.Second},
+		{[]string{"--activated=true", "--timeout=1.5s", "--kill-on-change"}, []string{"comet:set_timeout 1.5 KILL"}, "comet:set_timeout 1.5 KILL", true, 1500 * time.Millisecond},
+		{[]string{"--activated=false", "--timeout=2s", "--kill-on-change"}, []string{"comet:deactivate", "comet:set_timeout 2 KILL"}, "deactivate,comet:set_timeout 2 KILL", false, 2 * time.Second},
+		{[]string{"--activated=true", "--timeout=3s"}, []string{"comet:set_timeout 3", "comet:activate"}, "comet:set_timeout 3,activate", true, 3 * time.Second},
+		{[]string{"--activated=true", "--timeout=3s", "--max-virtual-channels=4", "--history-size=7", "--history-ttl=90s"},
+			[]string{"comet:set_max_virtual_channels 4", "comet:set_history 7 90"}, "max 4,history 7 1m30s", true, 3 * time.Second},
+		{[]string{"--activated=true", "--timeout=3s", "--max-virtual-channels=4", "--history-size=7", "--history-ttl=90s"}, []string{}, "", true, 3 * time.Second},
+		{[]string{"--activated=true", "--timeout=3s", "--max-virtual-channels=none"}, []string{"comet:set_max_virtual_channels none"}, "max none", true, 3 * time.Second},
 	} {
 		before := len(s.commands())
 		code, stdout, stderr := run(append([]string{"--socket", s.path, "apply"}, tt.args...)...)
-		if code != ExitOK || stderr != tt.sent {
-			t.Fatalf("apply %q: exit %d, stderr %q; want 0 and %q", tt.args, code, stderr, tt.sent)
+		if code != ExitOK || stderr != "" {
+			t.Fatalf("apply %q: exit %d, stderr %q; want 0 and nothing", tt.args, code, stderr)
 		}
 		if got := strings.Join(s.commands()[before:], ","); got != tt.commands {
 			t.Fatalf("apply %q: the server got %q, want %q", tt.args, got, tt.commands)
 		}
-		var st admin.StatusReply
-		if err := json.Unmarshal([]byte(stdout), &st); err != nil || !strings.HasSuffix(stdout, "}\n") {
+		var res contract.ApplyResult
+		if err := json.Unmarshal([]byte(stdout), &res); err != nil || !strings.HasSuffix(stdout, "}\n") || strings.Count(stdout, "\n") != 1 {
 			t.Fatalf("apply %q printed %q: %v", tt.args, stdout, err)
 		}
-		if st.Activated != tt.activated || st.TimeoutDuration() != tt.timeout {
-			t.Fatalf("apply %q printed %+v", tt.args, st)
+		if res.State == nil || res.State.Activated != tt.activated || res.State.TimeoutDuration() != tt.timeout || res.Error != "" ||
+			!slices.Equal(res.Sent, tt.sent) {
+			t.Fatalf("apply %q printed %s; want sent %q", tt.args, stdout, tt.sent)
 		}
 		if snap := s.state.Snapshot(); snap.Activated != tt.activated || snap.Timeout != tt.timeout {
 			t.Fatalf("apply %q: the server holds %+v", tt.args, snap)
@@ -152,7 +185,7 @@ func TestCommands(t *testing.T) {
 		}
 	}
 	code, stdout, _ := run("status")
-	var st admin.StatusReply
+	var st contract.Status
 	if code != ExitOK || json.Unmarshal([]byte(stdout), &st) != nil || !st.Activated || st.TimeoutDuration() != 250*time.Millisecond {
 		t.Fatalf("status: %d %q", code, stdout)
 	}
@@ -194,6 +227,12 @@ func TestErrors(t *testing.T) {
 		{[]string{"apply", "--activated=true", "--timeout=-1s"}, ExitUsage, "--timeout must be a duration greater than 0"},
 		{[]string{"apply", "--activated=true", "--timeout=5s", "extra"}, ExitUsage, `no positional argument, got "extra"`},
 		{[]string{"apply", "--activated=true", "--timeout=5s", "--force"}, ExitUsage, "flag provided but not defined: -force"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "--max-virtual-channels=-1"}, ExitUsage, "--max-virtual-channels: limit must be none or an integer"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "--max-virtual-channels="}, ExitUsage, "--max-virtual-channels: limit must be"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "--history-size=5"}, ExitUsage, "--history-size and --history-ttl go together"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "--history-ttl=5s"}, ExitUsage, "go together"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "--history-size=100001", "--history-ttl=5s"}, ExitUsage, "--history-size: size must be"},
+		{[]string{"apply", "--activated=true", "--timeout=5s", "--history-size=5", "--history-ttl=0s"}, ExitUsage, "--history-ttl must be a duration greater than 0"},
 		{[]string{"--socket", filepath.Join(dir, "none.sock"), "status"}, ExitUnreachable, "admin socket unreachable"},
 		{[]string{"--socket", stale, "activate"}, ExitUnreachable, "connection refused"},
 		{[]string{"--socket", stale, "set-timeout", "1"}, ExitUnreachable, "admin socket unreachable"},
@@ -204,7 +243,12 @@ func TestErrors(t *testing.T) {
 			args = append(append([]string(nil), sock...), args...)
 		}
 		code, stdout, stderr := run(args...)
-		if code != tt.code || !strings.Contains(stderr, tt.want) || stdout != "" {
+		// Only an apply that ran prints its result, with the error.
+		wantStdout := ""
+		if tt.code == ExitUnreachable && tt.args[2] == "apply" {
+			wantStdout = `{"sent":[],"error":"` + stderr[len("error: "):len(stderr)-1] + `"}` + "\n"
+		}
+		if code != tt.code || !strings.Contains(stderr, tt.want) || stdout != wantStdout {
 			t.Errorf("ctl %q: exit %d, stdout %q, stderr %q; want exit %d with %q", tt.args, code, stdout, stderr, tt.code, tt.want)
 		}
 		if tt.code == ExitUsage && !strings.Contains(stderr, "usage: cometserver ctl") {
@@ -226,14 +270,15 @@ type frozen struct{ ignore bool }
 func (frozen) Activate()                           {}
 func (frozen) Deactivate()                         {}
 func (frozen) SetHistory(int, time.Duration) error { return nil }
+func (frozen) SetMaxVirtualChannels(*int) error    { return nil }
 func (f frozen) SetTimeout(time.Duration, bool) error {
 	if f.ignore {
 		return nil
 	}
 	return errors.New("timeouts are frozen")
 }
-func (frozen) Status() admin.StatusReply {
-	return admin.StatusReply{Activated: true, Timeout: 20, TimeoutNanoseconds: int64(20 * time.Second)}
+func (frozen) Status() contract.Status {
+	return contract.Status{Activated: true, Timeout: 20, TimeoutNanoseconds: int64(20 * time.Second)}
 }
 
 func TestApplyAgainstAServerThatDoesNotComply(t *testing.T) {
@@ -243,8 +288,8 @@ func TestApplyAgainstAServerThatDoesNotComply(t *testing.T) {
 		stdout bool
 		want   string
 	}{
-		{false, false, `sent comet:deactivate` + "\n" + `error: server refused "comet:set_timeout 5": timeouts are frozen`},
-		{true, true, "error: server holds activated=true timeout=20s, want activated=false timeout=5s"},
+		{false, false, `error: server refused "comet:set_timeout 5": timeouts are frozen`},
+		{true, true, "error: not converged: server holds activated=true timeout=20s, want activated=false timeout=5s"},
 	} {
 		path := filepath.Join(t.TempDir(), "admin.sock")
 		sock, err := admin.ListenSocket(path, &admin.Executor{Target: frozen{tt.ignore}, Logger: slog.New(slog.DiscardHandler)})
@@ -253,8 +298,11 @@ func TestApplyAgainstAServerThatDoesNotComply(t *testing.T) {
 		}
 		go sock.Serve()
 		code, stdout, stderr := run("--socket", path, "apply", "--activated=false", "--timeout=5s")
-		if code != ExitRefused || !strings.Contains(stderr, tt.want) || (stdout != "") == !tt.stdout {
-			t.Errorf("ignore=%v: exit %d, stdout %q, stderr %q; want 1 with %q", tt.ignore, code, stdout, stderr, tt.want)
+		var res contract.ApplyResult
+		jerr := json.Unmarshal([]byte(stdout), &res)
+		if code != ExitRefused || !strings.Contains(stderr, tt.want) || jerr != nil || "error: "+res.Error+"\n" != stderr ||
+			(res.State != nil) != tt.stdout || !slices.Equal(res.Sent, []string{"comet:deactivate"}) && !tt.ignore {
+			t.Errorf("ignore=%v: exit %d, stdout %q, stderr %q; want 1 with %q, the state only if read", tt.ignore, code, stdout, stderr, tt.want)
 		}
 		code, _, stderr = run("--socket", path, "set-timeout", "5")
 		if tt.ignore && code != ExitOK || !tt.ignore && (code != ExitRefused || !strings.Contains(stderr, "timeouts are frozen")) {
@@ -270,15 +318,15 @@ func TestApplyFunction(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	s := startServer(t, true, 20*time.Second)
 	c := admin.Client{Path: s.path}
-	got, sent, err := Apply(c, Desired{Activated: true, Timeout: 20 * time.Second, KillOnChange: true})
+	got, sent, err := Apply(c, contract.Apply{Activated: true, Timeout: 20 * time.Second, KillOnChange: true})
 	if err != nil || sent != nil || !got.Activated || got.TimeoutDuration() != 20*time.Second || len(s.commands()) != 0 {
 		t.Fatalf("held state: %+v %v %v, server got %q", got, sent, err, s.commands())
 	}
-	got, sent, err = Apply(c, Desired{Activated: false, Timeout: time.Second})
+	got, sent, err = Apply(c, contract.Apply{Activated: false, Timeout: time.Second})
 	if err != nil || len(sent) != 2 || got.Activated || got.TimeoutDuration() != time.Second {
 		t.Fatalf("change: %+v %v %v", got, sent, err)
 	}
-	if _, _, err := Apply(admin.Client{Path: filepath.Join(t.TempDir(), "none")}, Desired{Timeout: time.Second}); !errors.Is(err, admin.ErrUnreachable) {
+	if _, _, err := Apply(admin.Client{Path: filepath.Join(t.TempDir(), "none")}, contract.Apply{Timeout: time.Second}); !errors.Is(err, admin.ErrUnreachable) {
 		t.Fatalf("unreachable: %v", err)
 	}
 }

@@ -75,9 +75,12 @@ type Engine interface {
 
 	// Limits returns the settings in force; SetHistory changes the
 	// history's bounds at run time (existing histories are trimmed at
-	// their next write or read).
+	// their next write or read). SetMaxVirtualChannels changes the
+	// limit on live channels (nil: none): a limit below the channels
+	// that live refuses new ones until enough end, and ends none.
 	Limits() Limits
 	SetHistory(size int, ttl time.Duration)
+	SetMaxVirtualChannels(limit *int)
 
 	// Status says how the engine is, for readiness, comet:status and
 	// /metrics.
@@ -113,6 +116,14 @@ type Limits struct {
 	HistorySize        int           // messages kept per channel; 0: none
 	HistoryTTL         time.Duration // how long one is kept
 	IdleExpiry         time.Duration // 0: channels live until closed
+}
+
+// MaxOrUnlimited is limit's value, or -1 for no limit.
+func MaxOrUnlimited(limit *int) int {
+	if limit == nil || *limit < 0 {
+		return -1
+	}
+	return *limit
 }
 
 // Publication is one message with its position.

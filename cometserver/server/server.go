@@ -22,6 +22,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/config"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/cometserver/demo"
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/engine/memory"
@@ -356,6 +357,13 @@ func (s *Server) SetHistory(size int, ttl time.Duration) error {
 	return nil
 }
 
+// SetMaxVirtualChannels changes the limit on live channels; with a
+// shared engine, the fleet's.
+func (s *Server) SetMaxVirtualChannels(limit *int) error {
+	s.engine.SetMaxVirtualChannels(limit)
+	return nil
+}
+
 // Activate, Deactivate, SetTimeout and Status make Server the admin.Target.
 
 func (s *Server) Activate()   { s.state.Activate() }
@@ -364,10 +372,10 @@ func (s *Server) SetTimeout(d time.Duration, kill bool) error {
 	return s.state.SetTimeout(d, kill)
 }
 
-func (s *Server) Status() admin.StatusReply {
+func (s *Server) Status() contract.Status {
 	snap := s.state.Snapshot()
 	limits := s.engine.Limits()
-	return admin.StatusReply{
+	return contract.Status{
 		HistorySize:        limits.HistorySize,
 		HistoryTTL:         limits.HistoryTTL.Seconds(),
 		HistoryTTLNs:       int64(limits.HistoryTTL),
@@ -385,8 +393,8 @@ func (s *Server) Status() admin.StatusReply {
 	}
 }
 
-func brokerStatus(st engine.Status) admin.BrokerStatus {
-	return admin.BrokerStatus{
+func brokerStatus(st engine.Status) contract.BrokerStatus {
+	return contract.BrokerStatus{
 		Name:          st.Broker,
 		Ready:         st.Ready,
 		LastError:     st.LastError,

@@ -18,6 +18,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/cometclient"
 	"github.com/cometop/comet-operator/cometserver/config"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -80,10 +81,10 @@ func TestStatus(t *testing.T) {
 	if err != nil || started.Before(before) || started.After(after) || !strings.HasSuffix(st.StartedAt, "Z") {
 		t.Fatalf("started_at %q, want between %v and %v, in UTC", st.StartedAt, before, after)
 	}
-	want := admin.StatusReply{Activated: false, Timeout: 7, TimeoutNanoseconds: int64(7 * time.Second), Channels: 2,
+	want := contract.Status{Activated: false, Timeout: 7, TimeoutNanoseconds: int64(7 * time.Second), Channels: 2,
 		MaxVirtualChannels: st.MaxVirtualChannels, Waiting: 0, Draining: false, Version: Version, PID: os.Getpid(), StartedAt: st.StartedAt,
 		HistorySize: 7, HistoryTTL: 90, HistoryTTLNs: int64(90 * time.Second),
-		Broker: admin.BrokerStatus{Name: "memory", Ready: true}}
+		Broker: contract.BrokerStatus{Name: "memory", Ready: true}}
 	if st != want || st.MaxVirtualChannels == nil || *st.MaxVirtualChannels != 3 {
 		t.Fatalf("status %+v, want %+v with max 3", st, want)
 	}
@@ -282,7 +283,7 @@ func TestWhatIsServed(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	var st admin.StatusReply
+	var st contract.Status
 	out, _ := json.Marshal(r.s.Status())
 	json.Unmarshal(out, &st)
 	if st.PID != os.Getpid() {

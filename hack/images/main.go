@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/cometop/comet-operator/cometserver/contract"
 )
 
 // Image is one image this program builds.
@@ -42,7 +45,7 @@ var Images = []Image{
 		Description: "Kubernetes operator for comet push servers",
 	},
 	{
-		Name: "cometserver", Package: "./cometserver/cmd/cometserver", Binary: "/cometserver",
+		Name: "cometserver", Package: "./cometserver/cmd/cometserver", Binary: contract.ServerBinary, // where the operator execs ctl
 		VersionVar: "github.com/cometop/comet-operator/cometserver/server.Version",
 		Cmd:        []string{"serve"}, Description: "Comet push server (HTTP long polling)",
 	},
@@ -55,8 +58,9 @@ var Pause = Image{
 	Description: "Sandbox container of the comet-operator local cluster",
 }
 
-// User is the unprivileged user every image runs as.
-const User = "65532:65532"
+// User is the unprivileged user every image runs as, the one the
+// operator's pods run as.
+var User = strconv.Itoa(contract.UID) + ":" + strconv.Itoa(contract.UID)
 
 func main() {
 	version := flag.String("version", "", "image tag and the version the binaries report (required)")

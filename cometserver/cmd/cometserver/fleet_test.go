@@ -16,6 +16,7 @@ import (
 
 	"github.com/cometop/comet-operator/cometserver/cometclient"
 	"github.com/cometop/comet-operator/test/bounded"
+	"github.com/cometop/comet-operator/test/losscount"
 	"github.com/cometop/comet-operator/test/redistest"
 )
 
@@ -45,84 +46,6 @@ func startFleet(t *testing.T, n int, redisURL string) *fleet {
 		})
 	}
 	return f
-}
-
-// counter counts, per subscriber, what each message id was received.
-type counter struct {
-	mu   sync.Mutex
-	seen map[string]int
-	gaps int
-}
-
-// follow polls ids until ctx ends, resuming, the n-th poll to the server
-// endpoint(n) names (none: skip it), and counts what comes.
-func (c *counter) follow(ctx context.Context, ids []string, first int, endpoint func(n int) string) {
-	cl := &cometclient.Client{HTTP: &http.Client{Timeout: 40 * time.Second}}
-	cl.Add(ids...)
-	for n := first; ctx.Err() == nil; n++ {
-		if cl.Endpoint = endpoint(n); cl.Endpoint == "" {
-			continue
-		}
-		r, err := cl.Poll(ctx)
-		if err != nil || r.Status != 200 {
-			time.Sleep(50 * time.Millisecond) // as comet.js backs off; the next poll goes elsewhere
-			continue
-		}
-		c.mu.Lock()
-		for _, m := range r.Messages {
-			switch {
-			case m.Gap:
-				c.gaps++
-			case !m.Ended:
-				c.seen[m.Channel+"/"+string(m.Data)]++
-			}
-		}
-		c.mu.Unlock()
-	}
-}
-
-// followers starts n subscribers following ids until ctx ends, subscriber
-// i's k-th poll going to endpoint(i+k); wait on the group once ctx ended.
-func followers(ctx context.Context, n int, ids []string, endpoint func(n int) string) ([]*counter, *sync.WaitGroup) {
-	counts := make([]*counter, n)
-	var polls sync.WaitGroup
-	for i := range n {
-		counts[i] = &counter{seen: map[string]int{}}
-		polls.Add(1)
-		go func() {
-			defer polls.Done()
-			counts[i].follow(ctx, ids, i, endpoint)
-		}()
-	}
-	return counts, &polls
-}
-
-// has reports whether c counted every one of msgs ("channel/data").
-func (c *counter) has(msgs ...string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, m := range msgs {
-		if c.seen[m] == 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// checkOnce fails the test for every message subscriber i got twice, and
-// if it was told of a number of gaps other than gaps.
-func (c *counter) checkOnce(t *testing.T, i, gaps int) {
-	t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for m, n := range c.seen {
-		if n > 1 {
-			t.Errorf("subscriber %d got %s %d times", i, m, n)
-		}
-	}
-	if c.gaps != gaps {
-		t.Errorf("subscriber %d was told of %d gaps, want %d", i, c.gaps, gaps)
-	}
 }
 
 // publish writes msg to channel id through server s; it reports whether
@@ -165,7 +88,7 @@ func TestFleetLosesNothing(t *testing.T) {
 			const subscribers, perPublisher = 6, 40
 			ctx, stop := context.WithCancel(context.Background())
 			defer stop()
-			counts, polls := followers(ctx, subscribers, channels, func(n int) string {
+			counts, polls := losscount.Start(ctx, subscribers, channels, func(n int) string {
 				if k := n % len(f.servers); f.alive[k].Load() {
 					return f.servers[k].client
 				}
@@ -216,7 +139,7 @@ func TestFleetLosesNothing(t *testing.T) {
 			// the other servers through Redis, not at their next poll.
 			bounded.Wait(t, "every subscriber to have every acknowledged message", 15*time.Second, func() bool {
 				for _, c := range counts {
-					if !c.has(slices.Collect(maps.Keys(acked))...) {
+					if !c.Has(slices.Collect(maps.Keys(acked))...) {
 						return false
 					}
 				}
@@ -225,8 +148,8 @@ func TestFleetLosesNothing(t *testing.T) {
 			stop()
 			polls.Wait()
 			for i, c := range counts {
-				c.checkOnce(t, i, 0)
-				for m := range c.seen {
+				c.CheckOnce(t, i, 0)
+				for _, m := range c.Seen() {
 					// s2's last write may have been taken without an answer.
 					if !acked[m] && !strings.HasPrefix(m[strings.IndexByte(m, '/')+1:], "s2-") {
 						t.Errorf("subscriber %d got %s, never written", i, m)
@@ -251,7 +174,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	const subscribers = 4
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	counts, polls := followers(ctx, subscribers, []string{"news"}, func(n int) string { return f.servers[n%len(f.servers)].client })
+	counts, polls := losscount.Start(ctx, subscribers, []string{"news"}, func(n int) string { return f.servers[n%len(f.servers)].client })
 	bounded.Wait(t, "every subscriber's first poll to wait", 30*time.Second, func() bool {
 		return f.servers[0].status().Waiting+f.servers[1].status().Waiting == subscribers
 	})
@@ -307,7 +230,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	}
 	bounded.Wait(t, "every subscriber to have all 60", 30*time.Second, func() bool {
 		for _, c := range counts {
-			if !c.has(all...) {
+			if !c.Has(all...) {
 				return false
 			}
 		}
@@ -321,7 +244,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	}
 	bounded.Wait(t, "every subscriber to have the message after the empty restart", 30*time.Second, func() bool {
 		for _, c := range counts {
-			if !c.has(after) {
+			if !c.Has(after) {
 				return false
 			}
 		}
@@ -330,7 +253,7 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	stop()
 	polls.Wait()
 	for i, c := range counts {
-		c.checkOnce(t, i, 1) // the gap: the empty restart
+		c.CheckOnce(t, i, 1) // the gap: the empty restart
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cometop/comet-operator/cometserver/admin"
 	"github.com/cometop/comet-operator/cometserver/cometclient"
+	"github.com/cometop/comet-operator/cometserver/contract"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -135,10 +136,10 @@ func (s *server) ctl(args ...string) (int, string, string) {
 	return ctl(s.t, append([]string{"--socket", s.socket}, args...)...)
 }
 
-func (s *server) status() admin.StatusReply {
+func (s *server) status() contract.Status {
 	s.t.Helper()
 	code, out, errOut := s.ctl("status")
-	var st admin.StatusReply
+	var st contract.Status
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
 		s.t.Fatalf("ctl status: %d %q %q", code, out, errOut)
 	}
@@ -178,6 +179,16 @@ func statusCode(t *testing.T, c <-chan int) int {
 	return bounded.Recv(t, "the poll's reply", 10*time.Second, c)
 }
 
+// sent is the commands a ctl apply result says it sent, joined.
+func sent(t *testing.T, out string) string {
+	t.Helper()
+	var res contract.ApplyResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Sent == nil {
+		t.Fatalf("ctl apply printed %q: %v", out, err)
+	}
+	return strings.Join(res.Sent, ", ")
+}
+
 func TestCtlApply(t *testing.T) {
 	bounded.Test(t, testDeadline)
 	s := startServer(t, "timeout: 20s\nactivated: true\nmax_virtual_channels: 4\n")
@@ -187,36 +198,36 @@ func TestCtlApply(t *testing.T) {
 	}
 
 	code, out, errOut := s.ctl("apply", "--activated=false", "--timeout=5s")
-	if code != 0 || errOut != "sent comet:deactivate\nsent comet:set_timeout 5\n" || !strings.HasPrefix(out, `{"activated":false,"timeout":5,`) {
+	if code != 0 || errOut != "" || sent(t, out) != "comet:deactivate, comet:set_timeout 5" || !strings.HasPrefix(out, `{"state":{"activated":false,"timeout":5,`) {
 		t.Fatalf("apply: %d %q %q", code, out, errOut)
 	}
-	if code, _, errOut := s.ctl("apply", "--activated=false", "--timeout=5s", "--kill-on-change"); code != 0 || errOut != "" {
-		t.Fatalf("apply of the held state sent %q (exit %d)", errOut, code)
+	if code, out, _ := s.ctl("apply", "--activated=false", "--timeout=5s", "--kill-on-change"); code != 0 || sent(t, out) != "" {
+		t.Fatalf("apply of the held state sent %q (exit %d)", out, code)
 	}
-	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=5s", "--kill-on-change"); code != 0 || errOut != "sent comet:activate\n" {
-		t.Fatalf("activate: %d %q", code, errOut)
+	if code, out, _ := s.ctl("apply", "--activated=true", "--timeout=5s", "--kill-on-change"); code != 0 || sent(t, out) != "comet:activate" {
+		t.Fatalf("activate: %d %q", code, out)
 	}
 
 	// KILL goes only with a real timeout change.
 	s.createChannel("c")
 	waiting := s.poll("c")
 	s.waitWaiting(1)
-	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=5000ms", "--kill-on-change"); code != 0 || errOut != "" {
-		t.Fatalf("same timeout: %d %q", code, errOut)
+	if code, out, _ := s.ctl("apply", "--activated=true", "--timeout=5000ms", "--kill-on-change"); code != 0 || sent(t, out) != "" {
+		t.Fatalf("same timeout: %d %q", code, out)
 	}
 	if st := s.status(); st.Waiting != 1 {
 		t.Fatal("a KILL went out although the timeout did not change")
 	}
-	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=7s", "--kill-on-change"); code != 0 || errOut != "sent comet:set_timeout 7 KILL\n" {
-		t.Fatalf("retime with kill: %d %q", code, errOut)
+	if code, out, _ := s.ctl("apply", "--activated=true", "--timeout=7s", "--kill-on-change"); code != 0 || sent(t, out) != "comet:set_timeout 7 KILL" {
+		t.Fatalf("retime with kill: %d %q", code, out)
 	}
 	if got := statusCode(t, waiting); got != 503 {
 		t.Fatalf("waiting client got %d after KILL, want 503", got)
 	}
 	waiting = s.poll("c")
 	s.waitWaiting(1)
-	if code, _, errOut := s.ctl("apply", "--activated=true", "--timeout=9s"); code != 0 || errOut != "sent comet:set_timeout 9\n" {
-		t.Fatalf("retime without kill: %d %q", code, errOut)
+	if code, out, _ := s.ctl("apply", "--activated=true", "--timeout=9s"); code != 0 || sent(t, out) != "comet:set_timeout 9" {
+		t.Fatalf("retime without kill: %d %q", code, out)
 	}
 	if st := s.status(); st.Waiting != 1 || st.TimeoutDuration() != 9*time.Second {
 		t.Fatalf("after a retime without kill: %+v", st)
@@ -243,7 +254,7 @@ func TestCommandPipe(t *testing.T) {
 	}
 	f.WriteString("comet:set_timeout 12\ncomet:garbage\ncomet:deactivate\n")
 	f.Close()
-	var st admin.StatusReply
+	var st contract.Status
 	if !bounded.Until(10*time.Second, func() bool {
 		st = s.status()
 		return !st.Activated && st.TimeoutDuration() == 12*time.Second
@@ -283,6 +294,14 @@ func TestCtlErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		code, out, errOut := s.ctl(tt.args...)
+		// An apply that ran prints its result, with the error, whatever
+		// its exit code; no other command prints on a failure.
+		if ran := tt.code == 3 && tt.args[2] == "apply"; ran {
+			if !strings.HasPrefix(out, `{"sent":[],"error":"admin socket unreachable`) {
+				t.Errorf("ctl %q printed %q", tt.args, out)
+			}
+			out = ""
+		}
 		if code != tt.code || !strings.Contains(errOut, tt.want) || out != "" {
 			t.Errorf("ctl %q: exit %d, stderr %q; want exit %d with %q", tt.args, code, errOut, tt.code, tt.want)
 		}
@@ -297,8 +316,9 @@ func TestCtlErrors(t *testing.T) {
 // could fail to reach the state ctl asks for.
 type refusingTarget struct{ ignore bool }
 
-func (r refusingTarget) Activate()   {}
-func (r refusingTarget) Deactivate() {}
+func (r refusingTarget) Activate()                        {}
+func (r refusingTarget) Deactivate()                      {}
+func (r refusingTarget) SetMaxVirtualChannels(*int) error { return fmt.Errorf("refused") }
 func (r refusingTarget) SetHistory(int, time.Duration) error {
 	return fmt.Errorf("refused")
 }
@@ -308,8 +328,8 @@ func (r refusingTarget) SetTimeout(time.Duration, bool) error {
 	}
 	return fmt.Errorf("timeouts are frozen")
 }
-func (r refusingTarget) Status() admin.StatusReply {
-	return admin.StatusReply{Activated: true, Timeout: 20, TimeoutNanoseconds: int64(20 * time.Second)}
+func (r refusingTarget) Status() contract.Status {
+	return contract.Status{Activated: true, Timeout: 20, TimeoutNanoseconds: int64(20 * time.Second)}
 }
 
 func TestCtlAgainstRefusingServer(t *testing.T) {
@@ -319,7 +339,7 @@ func TestCtlAgainstRefusingServer(t *testing.T) {
 		want   string
 	}{
 		{false, `error: server refused "comet:set_timeout 5": timeouts are frozen`},
-		{true, "error: server holds activated=true timeout=20s, want activated=true timeout=5s"},
+		{true, "error: not converged: server holds activated=true timeout=20s, want activated=true timeout=5s"},
 	} {
 		path := filepath.Join(t.TempDir(), "admin.sock")
 		sock, err := admin.ListenSocket(path, &admin.Executor{Target: refusingTarget{tt.ignore}, Logger: slog.New(slog.DiscardHandler)})

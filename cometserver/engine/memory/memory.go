@@ -21,7 +21,7 @@ type Engine struct {
 
 	mu       sync.RWMutex
 	channels map[string]*channel
-	max      int // live channels allowed; negative means no limit
+	max      atomic.Int64 // live channels allowed; negative means no limit
 	expiry   time.Duration
 
 	historySize atomic.Int64
@@ -44,14 +44,11 @@ func New(l engine.Limits) *Engine {
 	e := &Engine{
 		start:    time.Now(),
 		channels: make(map[string]*channel),
-		max:      -1,
 		expiry:   l.IdleExpiry,
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	if l.MaxVirtualChannels != nil {
-		e.max = *l.MaxVirtualChannels
-	}
+	e.SetMaxVirtualChannels(l.MaxVirtualChannels)
 	e.SetHistory(l.HistorySize, l.HistoryTTL)
 	if e.expiry > 0 {
 		go e.sweep()
@@ -79,11 +76,14 @@ func (e *Engine) Limits() engine.Limits {
 		HistoryTTL:  time.Duration(e.historyTTL.Load()),
 		IdleExpiry:  e.expiry,
 	}
-	if e.max >= 0 {
-		m := e.max
+	if m := int(e.max.Load()); m >= 0 {
 		l.MaxVirtualChannels = &m
 	}
 	return l
+}
+
+func (e *Engine) SetMaxVirtualChannels(limit *int) {
+	e.max.Store(int64(engine.MaxOrUnlimited(limit)))
 }
 
 func (e *Engine) SetHistory(size int, ttl time.Duration) {
@@ -107,7 +107,7 @@ func (e *Engine) Create(_ context.Context, name string) (string, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.max >= 0 && len(e.channels) >= e.max {
+	if m := e.max.Load(); m >= 0 && int64(len(e.channels)) >= m {
 		return "", engine.ErrTooManyVirtualChannels
 	}
 	id := name

@@ -161,6 +161,37 @@ func TestMaxVirtualChannels(t *testing.T) {
 	}
 }
 
+// A limit changed live: lowered below the live channels it ends none and
+// refuses new ones until enough end; raised or removed, it admits again.
+func TestMaxVirtualChannelsLive(t *testing.T) {
+	r := newTestEngine(engine.Limits{})
+	defer r.Stop()
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := r.Create(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.SetMaxVirtualChannels(ptr(2))
+	if r.Len() != 3 {
+		t.Fatalf("lowering the limit ended channels: %d live", r.Len())
+	}
+	if _, err := r.Create("d"); !errors.Is(err, engine.ErrTooManyVirtualChannels) {
+		t.Fatalf("over a lowered limit: %v", err)
+	}
+	r.Close("a")
+	if _, err := r.Create("d"); !errors.Is(err, engine.ErrTooManyVirtualChannels) {
+		t.Fatalf("2 live under a limit of 2: %v", err)
+	}
+	r.SetMaxVirtualChannels(ptr(3))
+	if _, err := r.Create("d"); err != nil {
+		t.Fatalf("under a raised limit: %v", err)
+	}
+	r.SetMaxVirtualChannels(nil)
+	if _, err := r.Create("e"); err != nil || r.Limits().MaxVirtualChannels != nil {
+		t.Fatalf("no limit: %v, %v", err, r.Limits().MaxVirtualChannels)
+	}
+}
+
 // The sweeper closes a channel idle for the expiry: nobody listening and
 // no write. It runs on its own, every half expiry.
 func TestIdleExpiry(t *testing.T) {

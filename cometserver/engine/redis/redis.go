@@ -69,6 +69,7 @@ type Engine struct {
 
 	client atomic.Pointer[rueidis.Client] // nil until first connected
 
+	max         atomic.Int64 // live channels allowed in the fleet; -1: no limit
 	historySize atomic.Int64
 	historyTTL  atomic.Int64 // nanoseconds
 
@@ -102,6 +103,7 @@ func New(o Options) (*Engine, error) {
 	}
 	e := &Engine{o: o, node: engine.RandomString(6), stop: make(chan struct{})}
 	e.SetHistory(o.Limits.HistorySize, o.Limits.HistoryTTL)
+	e.SetMaxVirtualChannels(o.Limits.MaxVirtualChannels)
 	for k := range e.parts {
 		e.parts[k] = newPartition(e, k)
 	}
@@ -163,7 +165,18 @@ func (e *Engine) Limits() engine.Limits {
 	l := e.o.Limits
 	l.HistorySize = int(e.historySize.Load())
 	l.HistoryTTL = time.Duration(e.historyTTL.Load())
+	l.MaxVirtualChannels = nil
+	if m := int(e.max.Load()); m >= 0 {
+		l.MaxVirtualChannels = &m
+	}
 	return l
+}
+
+// SetMaxVirtualChannels changes the limit this server passes to the
+// register script: the fleet's channels are counted in Redis, so every
+// server of a fleet must be given the same limit (the operator does).
+func (e *Engine) SetMaxVirtualChannels(limit *int) {
+	e.max.Store(int64(engine.MaxOrUnlimited(limit)))
 }
 
 func (e *Engine) SetHistory(size int, ttl time.Duration) {
@@ -283,10 +296,7 @@ func (e *Engine) Create(ctx context.Context, name string) (string, error) {
 	if name != "" && !engine.ValidName(name) {
 		return "", engine.ErrInvalidName
 	}
-	max := -1
-	if e.o.Limits.MaxVirtualChannels != nil {
-		max = *e.o.Limits.MaxVirtualChannels
-	}
+	limit := int(e.max.Load())
 	var id string
 	err := e.do(ctx, "create", func(ctx context.Context, c rueidis.Client) error {
 		for {
@@ -294,7 +304,7 @@ func (e *Engine) Create(ctx context.Context, name string) (string, error) {
 			if id == "" {
 				id = engine.RandomString(16)
 			}
-			r, err := registerScript.Exec(ctx, c, []string{e.registry()}, []string{id, strconv.Itoa(max)}).ToString()
+			r, err := registerScript.Exec(ctx, c, []string{e.registry()}, []string{id, strconv.Itoa(limit)}).ToString()
 			if err != nil {
 				return err
 			}

@@ -154,6 +154,23 @@ func TestChannelsAreShared(t *testing.T) {
 			if err != nil || info.Position.Offset != 0 || info.Position.Epoch == pos.Epoch || info.HistoryLen != 0 {
 				t.Fatalf("a channel made again: %+v %v; want offset 0, a new epoch, no history", info, err)
 			}
+			// The limit changed live on both servers: lowered below the
+			// fleet's channels it ends none; raised, it admits again.
+			for _, e := range []*Engine{a, c} {
+				e.SetMaxVirtualChannels(ptr(2))
+			}
+			if n, err := c.Len(bg); err != nil || n != 3 {
+				t.Fatalf("Len after lowering the limit = %d, %v; want 3", n, err)
+			}
+			if _, err := a.Create(bg, "fourth"); !errors.Is(err, engine.ErrTooManyVirtualChannels) {
+				t.Fatalf("over a lowered limit: %v", err)
+			}
+			for _, e := range []*Engine{a, c} {
+				e.SetMaxVirtualChannels(nil)
+			}
+			if _, err := a.Create(bg, "fourth"); err != nil || a.Limits().MaxVirtualChannels != nil {
+				t.Fatalf("no limit: %v, %v", err, a.Limits().MaxVirtualChannels)
+			}
 		})
 	}
 }

@@ -1,18 +1,20 @@
-package admin
+package contract
 
-import (
-	"time"
-)
+import "time"
 
-// StatusReply is the JSON line that comet:status answers.
-type StatusReply struct {
+// Status is the JSON line that comet:status answers, and the state part of
+// what "ctl apply" and "ctl status" print.
+type Status struct {
 	Activated bool `json:"activated"`
 	// Timeout is in seconds, as set_timeout takes it.
 	Timeout            float64 `json:"timeout"`
 	TimeoutNanoseconds int64   `json:"timeout_ns"`
-	Channels           int     `json:"channels"`
-	MaxVirtualChannels *int    `json:"max_virtual_channels"`
-	Waiting            int     `json:"waiting"`
+	// Channels is the number of live channels (with a shared broker, the
+	// fleet's); -1 when the broker cannot tell.
+	Channels int `json:"channels"`
+	// MaxVirtualChannels is the limit on live channels; null for none.
+	MaxVirtualChannels *int `json:"max_virtual_channels"`
+	Waiting            int  `json:"waiting"`
 	// HistorySize and HistoryTTL (seconds) bound each channel's history.
 	HistorySize  int     `json:"history_size"`
 	HistoryTTL   float64 `json:"history_ttl"`
@@ -26,7 +28,10 @@ type StatusReply struct {
 }
 
 // TimeoutDuration is the timeout as a time.Duration, exactly.
-func (s StatusReply) TimeoutDuration() time.Duration { return time.Duration(s.TimeoutNanoseconds) }
+func (s Status) TimeoutDuration() time.Duration { return time.Duration(s.TimeoutNanoseconds) }
+
+// HistoryTTLDuration is the history TTL as a time.Duration, exactly.
+func (s Status) HistoryTTLDuration() time.Duration { return time.Duration(s.HistoryTTLNs) }
 
 // BrokerStatus is the channel engine's state in a status reply.
 type BrokerStatus struct {
