@@ -6,6 +6,7 @@ package losscount
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -130,4 +131,81 @@ func (c *Counter) CheckOnce(t T, i, gaps int) {
 	if g := c.Gaps(); g != gaps {
 		t.Errorf("subscriber %d was told of %d gaps, want %d", i, g, gaps)
 	}
+}
+
+// Publisher writes "m<seq>" to a channel at a steady rate through Post,
+// and remembers which writes were acknowledged, and which may have been
+// taken without an answer (no reply, or the one in flight): a subscriber
+// may get those, and must get every acknowledged one.
+type Publisher struct {
+	Channel string
+	// Post writes msg to channel; a nil error with code 200 is an
+	// acknowledgement, another code a refusal, an error no answer.
+	Post func(ctx context.Context, channel, msg string) (code int, err error)
+
+	mu       sync.Mutex
+	acked    []string
+	ackedSet map[string]bool
+	unknown  map[string]bool
+	inflight string
+	refused  int
+}
+
+// Run publishes every period until ctx ends.
+func (p *Publisher) Run(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for seq := 0; ; seq++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		msg := "m" + strconv.Itoa(seq)
+		id := p.Channel + "/" + msg
+		p.mu.Lock()
+		p.inflight = id
+		p.mu.Unlock()
+		code, err := p.Post(ctx, p.Channel, msg)
+		p.mu.Lock()
+		p.inflight = ""
+		switch {
+		case err == nil && code == 200:
+			p.acked = append(p.acked, id)
+			if p.ackedSet == nil {
+				p.ackedSet = map[string]bool{}
+			}
+			p.ackedSet[id] = true
+		case err != nil:
+			if p.unknown == nil {
+				p.unknown = map[string]bool{}
+			}
+			p.unknown[id] = true
+		default:
+			p.refused++
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Acked returns the acknowledged writes so far, in order.
+func (p *Publisher) Acked() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.acked...)
+}
+
+// Refused is the number of writes refused or never answered.
+func (p *Publisher) Refused() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused + len(p.unknown)
+}
+
+// MayHaveWritten reports whether m ("channel/data") may have been
+// written: acknowledged, unanswered, or in flight.
+func (p *Publisher) MayHaveWritten(m string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ackedSet[m] || p.unknown[m] || m == p.inflight
 }

@@ -199,7 +199,7 @@ func (s *Server) Restart() {
 // again with that data, as a Redis with persistence comes back.
 func (s *Server) RestartKeepingData(down time.Duration) {
 	s.t.Helper()
-	Do(s.Addr, "SHUTDOWN", "SAVE") // no reply: the connection closes
+	s.Do("SHUTDOWN", "SAVE") // no reply: the connection closes
 	select {
 	case <-s.done:
 	case <-time.After(10 * time.Second):
@@ -215,7 +215,7 @@ func (s *Server) RestartKeepingData(down time.Duration) {
 // restart from an older snapshot.
 func (s *Server) RestartLosingWrites(writes func()) {
 	s.t.Helper()
-	if _, err := Do(s.Addr, "SAVE"); err != nil {
+	if _, err := s.Do("SAVE"); err != nil {
 		s.t.Fatalf("SAVE: %v", err)
 	}
 	writes()
@@ -289,6 +289,34 @@ func (c *Cluster) Addrs() []string {
 	}
 	return out
 }
+
+// Do sends one command to the server, authenticated with the
+// --requirepass it was started with, if any.
+func (s *Server) Do(args ...string) (string, error) {
+	password := ""
+	for i, a := range s.args {
+		if a == "--requirepass" && i+1 < len(s.args) {
+			password = s.args[i+1]
+		}
+	}
+	if password == "" {
+		return Do(s.Addr, args...)
+	}
+	conn, err := net.DialTimeout("tcp", s.Addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if _, err := do(nopCloser{conn}, "AUTH", password); err != nil {
+		return "", err
+	}
+	return do(conn, args...)
+}
+
+// nopCloser keeps a connection open across do's close.
+type nopCloser struct{ net.Conn }
+
+func (nopCloser) Close() error { return nil }
 
 // Do sends one command to addr and returns its reply as text: a simple
 // string, an integer, or a bulk string; an error reply is an error. It is

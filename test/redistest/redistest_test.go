@@ -41,6 +41,23 @@ func TestStandalone(t *testing.T) {
 	s.Stop() // twice: nothing
 }
 
+// A server with a password is driven by the harness all the same: its
+// data survives RestartKeepingData.
+func TestPasswordAndKeptData(t *testing.T) {
+	s := Start(t, "--requirepass", "pw")
+	if _, err := Do(s.Addr, "SET", "k", "v"); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Fatalf("unauthenticated SET: %v", err)
+	}
+	if _, err := s.Do("SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	pid := s.PID()
+	s.RestartKeepingData(0)
+	if v, err := s.Do("GET", "k"); err != nil || v != "v" || s.PID() == pid {
+		t.Fatalf("after RestartKeepingData: %q, %v (pid %d, was %d)", v, err, s.PID(), pid)
+	}
+}
+
 // A 3-master cluster covers every slot, and answers MOVED for a key of
 // another node's slot.
 func TestCluster(t *testing.T) {
