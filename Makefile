@@ -97,11 +97,11 @@ helm-lint: tools ## Lint the chart and run its helm-unittest suites.
 	$$(hack/tools.sh helm-unittest) charts/comet-operator
 
 .PHONY: demo
-demo: images tools ## The main job: a local cluster from source, the operator via Helm, a sample CometServer (root).
+demo: images tools redis ## The main job: a local cluster from source, the operator via Helm, a sample CometServer (root).
 	VERSION=$(VERSION) hack/demo.sh
 
 .PHONY: e2e
-e2e: images tools ## Run the end-to-end suite on a local cluster built from source (root; always torn down).
+e2e: images tools redis ## Run the end-to-end suite on a local cluster built from source (root; always torn down).
 	VERSION=$(VERSION) hack/e2e.sh
 
 .PHONY: cluster-up

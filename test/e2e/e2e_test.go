@@ -138,8 +138,12 @@ func readyPods(t *testing.T) []string {
 }
 
 // pods lists every comet server pod, terminating ones too, and the ready ones.
-func pods(t *testing.T) (all, ready []string) {
-	out, err := shErr(kubectlBin, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/instance=news", "-o", "json")
+func pods(t *testing.T) (all, ready []string) { return podsOf(ns, "news") }
+
+// podsOf lists the pods of one CometServer, terminating ones too, and the
+// ready ones among them that are not terminating.
+func podsOf(namespace, instance string) (all, ready []string) {
+	out, err := shErr(kubectlBin, "-n", namespace, "get", "pods", "-l", "app.kubernetes.io/instance="+instance, "-o", "json")
 	if err != nil {
 		return nil, nil
 	}
@@ -458,28 +462,37 @@ func TestEndToEnd(t *testing.T) {
 		waitConverged(t, "timeout 50s")
 	})
 
-	var podBefore string
-	step("maxVirtualChannels rolls the pod and is enforced", func(t *testing.T) {
-		podBefore = waitSolePod(t, "")
-		patch(t, `{"maxVirtualChannels":2}`)
+	step("maxVirtualChannels is live and enforced", func(t *testing.T) {
+		pod := waitSolePod(t, "")
+		var st struct {
+			Channels int `json:"channels"`
+		}
+		if err := json.Unmarshal([]byte(kubectl(t, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "status")), &st); err != nil {
+			t.Fatal(err)
+		}
+		limit := st.Channels + 2
 		start := time.Now()
-		waitSolePod(t, podBefore)
-		waitConverged(t, "after the rollout")
-		figure(t, "maxVirtualChannels change to the new pod ready and the old one gone: %s", time.Since(start).Round(time.Millisecond))
+		patch(t, fmt.Sprintf(`{"maxVirtualChannels":%d}`, limit))
+		waitConverged(t, "the limit pushed")
+		figure(t, "maxVirtualChannels change to ConfigApplied, live: %s", time.Since(start).Round(time.Millisecond))
+		if now := waitSolePod(t, ""); now != pod {
+			t.Fatalf("pod %s replaced by %s: a live change rolled the pod", pod, now)
+		}
 		e = service(t)
 		var codes []int
 		for i := range 3 {
-			eventually(t, "publisher up", 30*time.Second, func() error {
-				code, _, err := e.publish("POST", "/v1/channels", fmt.Sprintf(`{"name":"limit-%d"}`, i))
-				if err != nil {
-					return err
-				}
-				codes = append(codes, code)
-				return nil
-			})
+			code, _, err := e.publish("POST", "/v1/channels", fmt.Sprintf(`{"name":"limit-%d"}`, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			codes = append(codes, code)
 		}
 		if fmt.Sprint(codes) != "[201 201 429]" {
-			t.Fatalf("creates under maxVirtualChannels=2: %v", codes)
+			t.Fatalf("creates under maxVirtualChannels=%d with %d live: %v", limit, st.Channels, codes)
+		}
+		status := kubectl(t, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "status")
+		if !strings.Contains(status, fmt.Sprintf(`"max_virtual_channels":%d`, limit)) {
+			t.Fatalf("status %s", status)
 		}
 	})
 
@@ -489,7 +502,7 @@ func TestEndToEnd(t *testing.T) {
 		pod := waitSolePod(t, old)
 		status := kubectl(t, "-n", ns, "exec", pod, "-c", "comet", "--", "/cometserver", "ctl", "status")
 		if !strings.Contains(status, `"activated":true`) || !strings.Contains(status, `"timeout":50,`) ||
-			!strings.Contains(status, `"max_virtual_channels":2`) {
+			!strings.Contains(status, `"max_virtual_channels":`+jsonpath(t, "cometserver", "news", "{.spec.maxVirtualChannels}")) {
 			t.Fatalf("replacement status %s", status)
 		}
 		waitConverged(t, "with the replacement")
