@@ -19,13 +19,10 @@ type Engine struct {
 	handler engine.Handler
 	start   time.Time // history times are monotonic offsets from it
 
-	mu       sync.RWMutex
-	channels map[string]*channel
-	max      atomic.Int64 // live channels allowed; negative means no limit
-	expiry   time.Duration
-
-	historySize atomic.Int64
-	historyTTL  atomic.Int64 // nanoseconds
+	mu                sync.RWMutex
+	channels          map[string]*channel
+	engine.LiveLimits // the limit on channels and the history's bounds
+	expiry            time.Duration
 
 	// What every history holds, for /metrics.
 	histMessages atomic.Int64
@@ -70,26 +67,7 @@ func (e *Engine) Stop() {
 	<-e.done
 }
 
-func (e *Engine) Limits() engine.Limits {
-	l := engine.Limits{
-		HistorySize: int(e.historySize.Load()),
-		HistoryTTL:  time.Duration(e.historyTTL.Load()),
-		IdleExpiry:  e.expiry,
-	}
-	if m := int(e.max.Load()); m >= 0 {
-		l.MaxVirtualChannels = &m
-	}
-	return l
-}
-
-func (e *Engine) SetMaxVirtualChannels(limit *int) {
-	e.max.Store(int64(engine.MaxOrUnlimited(limit)))
-}
-
-func (e *Engine) SetHistory(size int, ttl time.Duration) {
-	e.historySize.Store(int64(max(size, 0)))
-	e.historyTTL.Store(int64(max(ttl, 0)))
-}
+func (e *Engine) Limits() engine.Limits { return e.Live(engine.Limits{IdleExpiry: e.expiry}) }
 
 // Status is always ready: the engine is this process.
 func (e *Engine) Status() engine.Status {
@@ -107,7 +85,7 @@ func (e *Engine) Create(_ context.Context, name string) (string, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if m := e.max.Load(); m >= 0 && int64(len(e.channels)) >= m {
+	if m := e.MaxChannels(); m >= 0 && len(e.channels) >= m {
 		return "", engine.ErrTooManyVirtualChannels
 	}
 	id := name
@@ -314,8 +292,8 @@ func (c *channel) idleSince(before time.Time) bool {
 
 // keep appends m to c's history within the size and age bounds. c.mu is held.
 func (e *Engine) keep(c *channel, m entry) {
-	size := int(e.historySize.Load())
-	if size == 0 || e.historyTTL.Load() <= 0 {
+	size := e.HistorySize()
+	if size == 0 || e.HistoryTTL() <= 0 {
 		e.dropHistory(c, len(c.hist))
 		return
 	}
@@ -331,14 +309,14 @@ func (e *Engine) keep(c *channel, m entry) {
 
 // trim applies the bounds in force (they may have changed) to c's history.
 func (e *Engine) trim(c *channel, now time.Time) {
-	if over := len(c.hist) - int(e.historySize.Load()); over > 0 {
+	if over := len(c.hist) - e.HistorySize(); over > 0 {
 		e.dropHistory(c, over)
 	}
 	e.trimAge(c, now.Sub(e.start))
 }
 
 func (e *Engine) trimAge(c *channel, now time.Duration) {
-	ttl := time.Duration(e.historyTTL.Load())
+	ttl := e.HistoryTTL()
 	n := 0
 	for n < len(c.hist) && now-c.hist[n].at > ttl {
 		n++

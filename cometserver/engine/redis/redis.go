@@ -69,9 +69,7 @@ type Engine struct {
 
 	client atomic.Pointer[rueidis.Client] // nil until first connected
 
-	max         atomic.Int64 // live channels allowed in the fleet; -1: no limit
-	historySize atomic.Int64
-	historyTTL  atomic.Int64 // nanoseconds
+	engine.LiveLimits // the fleet's limit on channels (counted in Redis), the history's bounds
 
 	parts [Partitions]*partition
 
@@ -161,28 +159,7 @@ func (e *Engine) Stop() {
 	}
 }
 
-func (e *Engine) Limits() engine.Limits {
-	l := e.o.Limits
-	l.HistorySize = int(e.historySize.Load())
-	l.HistoryTTL = time.Duration(e.historyTTL.Load())
-	l.MaxVirtualChannels = nil
-	if m := int(e.max.Load()); m >= 0 {
-		l.MaxVirtualChannels = &m
-	}
-	return l
-}
-
-// SetMaxVirtualChannels changes the limit this server passes to the
-// register script: the fleet's channels are counted in Redis, so every
-// server of a fleet must be given the same limit (the operator does).
-func (e *Engine) SetMaxVirtualChannels(limit *int) {
-	e.max.Store(int64(engine.MaxOrUnlimited(limit)))
-}
-
-func (e *Engine) SetHistory(size int, ttl time.Duration) {
-	e.historySize.Store(int64(max(size, 0)))
-	e.historyTTL.Store(int64(max(ttl, 0)))
-}
+func (e *Engine) Limits() engine.Limits { return e.Live(e.o.Limits) }
 
 // Status is ready when the client is connected and every partition's
 // PUB/SUB answered its last probe in time.
@@ -296,7 +273,7 @@ func (e *Engine) Create(ctx context.Context, name string) (string, error) {
 	if name != "" && !engine.ValidName(name) {
 		return "", engine.ErrInvalidName
 	}
-	limit := int(e.max.Load())
+	limit := e.MaxChannels()
 	var id string
 	err := e.do(ctx, "create", func(ctx context.Context, c rueidis.Client) error {
 		for {
@@ -357,9 +334,9 @@ func (e *Engine) Publish(ctx context.Context, id string, payload []byte, tracker
 	var pos engine.Position
 	err := e.do(ctx, "publish", func(ctx context.Context, c rueidis.Client) error {
 		meta, stream, ch := e.keys(id)
-		ttl := max(time.Duration(e.historyTTL.Load()).Milliseconds(), 0)
+		ttl := max(e.HistoryTTL().Milliseconds(), 0)
 		r, err := publishScript.Exec(ctx, c, []string{meta, stream}, []string{
-			string(payload), strconv.FormatInt(e.historySize.Load(), 10), strconv.FormatInt(ttl, 10), token, ch}).ToArray()
+			string(payload), strconv.Itoa(e.HistorySize()), strconv.FormatInt(ttl, 10), token, ch}).ToArray()
 		if rueidis.IsRedisNil(err) {
 			return engine.ErrNotFound
 		}
@@ -434,8 +411,8 @@ func (e *Engine) history(ctx context.Context, c rueidis.Client, id string, from 
 	if err != nil {
 		return top, nil, err
 	}
-	oldest := now - time.Duration(e.historyTTL.Load()).Milliseconds()
-	size := int(e.historySize.Load())
+	oldest := now - e.HistoryTTL().Milliseconds()
+	size := e.HistorySize()
 	if len(entries) > size {
 		entries = entries[len(entries)-size:] // the size was lowered since they were kept
 	}
