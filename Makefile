@@ -39,6 +39,7 @@ fmt: ## Format the Go code.
 vet: ## Run go vet and check formatting.
 	go vet ./...
 	go vet -tags e2e ./test/e2e/
+	go -C hack/cometbench vet ./...
 	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: docs
@@ -48,6 +49,7 @@ docs: ## Regenerate the README's table of chart values from values.yaml.
 .PHONY: test
 test: manifests generate vet envtest tools chromium redis ## Run every test with the race detector: controller and chart on a real API server, comet.js in real Chromium, Redis tests on real redis-server.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
+	go -C hack/cometbench test -race -count=1 ./...
 
 .PHONY: test-all
 test-all: ## The whole suite: make test, then make e2e on a real local cluster (root).

@@ -242,6 +242,21 @@ func freeAddr() string {
 	return ln.Addr().String()
 }
 
+// buildCometServer builds this checkout's comet server into out, in the
+// product's own module: this tool's module only points at it.
+func buildCometServer(out string) error {
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cometop/comet-operator").Output()
+	if err != nil {
+		return fmt.Errorf("finding the product's module: %w", err)
+	}
+	cmd := exec.Command("go", "build", "-o", out, "./cometserver/cmd/cometserver")
+	cmd.Dir = strings.TrimSpace(string(root))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building cometserver: %v\n%s", err, b)
+	}
+	return nil
+}
+
 func startComet(bin, name string, resume bool, flags ...string) (*cometTarget, error) {
 	dir, err := os.MkdirTemp("", "cometbench")
 	if err != nil {
@@ -249,8 +264,8 @@ func startComet(bin, name string, resume bool, flags ...string) (*cometTarget, e
 	}
 	if bin == "" {
 		bin = filepath.Join(dir, "cometserver")
-		if out, err := exec.Command("go", "build", "-o", bin, "github.com/cometop/comet-operator/cometserver/cmd/cometserver").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("building cometserver: %v\n%s", err, out)
+		if err := buildCometServer(bin); err != nil {
+			return nil, err
 		}
 	}
 	t := &cometTarget{name: name, resume: resume, socket: filepath.Join(dir, "admin.sock"), dir: dir}

@@ -75,9 +75,8 @@ func runReport(p reportParams) (reportData, error) {
 		}
 		defer os.RemoveAll(dir)
 		p.CometBin = filepath.Join(dir, "cometserver")
-		cmd := exec.Command("go", "build", "-o", p.CometBin, "github.com/cometop/comet-operator/cometserver/cmd/cometserver")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return reportData{}, fmt.Errorf("building cometserver: %v\n%s", err, out)
+		if err := buildCometServer(p.CometBin); err != nil {
+			return reportData{}, err
 		}
 	}
 	d := reportData{Params: p, Date: time.Now().UTC().Format("2006-01-02")}
