@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -67,4 +68,80 @@ func BenchmarkHTTPBroadcast(b *testing.B) {
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "deliveries/s")
 	cancel()
 	clients.Wait()
+}
+
+// BenchmarkPollCycle measures one long-poll cycle over loopback, one
+// client on a kept-alive connection: the poll arrives and waits, a write
+// wakes it, the reply is written and read, and the next poll is sent. Its
+// allocations (-benchmem) are the whole cycle's, client side included, so
+// a regression on the data path of a comet request shows here.
+func BenchmarkPollCycle(b *testing.B) {
+	for _, resume := range []bool{false, true} {
+		name := "plain"
+		if resume {
+			name = "resume"
+		}
+		b.Run(name, func(b *testing.B) {
+			reg := channelstest.New(engine.Limits{HistorySize: 100, HistoryTTL: time.Minute})
+			defer reg.Engine().Stop()
+			reg.Create(context.Background(), "c")
+			h := New(reg, security.New(true, time.Hour), Options{})
+			srv := httptest.NewUnstartedServer(h)
+			srv.Listener = h.Listener(srv.Listener) // as in production
+			srv.Start()
+			defer srv.Close()
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+
+			position := ""
+			poll := func() <-chan string {
+				body := "registration=c"
+				if resume {
+					body = "registration=c&resume=" + url.QueryEscape("c:"+position)
+				}
+				done := make(chan string, 1)
+				go func() {
+					req, _ := http.NewRequest("POST", srv.URL, strings.NewReader(body))
+					req.Header.Set("Content-Type", ContentType)
+					resp, err := client.Do(req)
+					if err != nil {
+						done <- "error: " + err.Error()
+						return
+					}
+					reply, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					done <- string(reply)
+				}()
+				return done
+			}
+			waiting := func(reply <-chan string) {
+				for info, _ := reg.Info(context.Background(), "c"); info.Listeners < 1; info, _ = reg.Info(context.Background(), "c") {
+					select {
+					case got := <-reply:
+						b.Fatalf("answered before the write: %q", got)
+					case <-time.After(10 * time.Microsecond):
+					}
+				}
+			}
+			if resume { // start from the position of a first message
+				_, pos, err := reg.Write(context.Background(), "c", []byte("first"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				position = pos.String()
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				reply := poll()
+				waiting(reply)
+				out, pos, err := reg.Write(context.Background(), "c", []byte(`{"price":42}`))
+				if err != nil || out.Delivered != 1 {
+					b.Fatalf("outcome %+v, %v", out, err)
+				}
+				if got := <-reply; !strings.Contains(got, "c:%7B%22price%22%3A42%7D") {
+					b.Fatalf("reply %q", got)
+				}
+				position = pos.String()
+			}
+		})
+	}
 }
