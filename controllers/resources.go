@@ -117,14 +117,7 @@ func liveState(cs *cometv1.CometServer) Live {
 }
 
 func (l Live) String() string {
-	s := fmt.Sprintf("activated=%t timeout=%s", l.Activated, l.Timeout)
-	if l.MaxVirtualChannels != nil {
-		s += " max_virtual_channels=" + strconv.Itoa(*l.MaxVirtualChannels)
-	}
-	if l.History != nil {
-		s += fmt.Sprintf(" history=%d/%s", l.History.Size, l.History.TTL)
-	}
-	return s
+	return contract.Describe(l.Activated, l.Timeout, l.MaxVirtualChannels, l.History)
 }
 
 func port(cs *cometv1.CometServer) int32 {

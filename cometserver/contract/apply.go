@@ -1,6 +1,7 @@
 package contract
 
 import (
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -78,6 +79,25 @@ func (a Apply) HeldBy(s Status) bool {
 		return false
 	}
 	return true
+}
+
+// Describe renders a live state for messages and events, as
+// "activated=B timeout=D [max_virtual_channels=N|none] [history=N/D]": a
+// nil limit or history is left out.
+func Describe(activated bool, timeout time.Duration, limit *int, history *History) string {
+	d := fmt.Sprintf("activated=%t timeout=%s", activated, timeout)
+	if limit != nil {
+		d += " max_virtual_channels=" + FormatLimit(*limit)
+	}
+	if history != nil {
+		d += fmt.Sprintf(" history=%d/%s", history.Size, history.TTL)
+	}
+	return d
+}
+
+// String is a's live state, as Describe renders it.
+func (a Apply) String() string {
+	return Describe(a.Activated, a.Timeout, a.MaxVirtualChannels, a.History)
 }
 
 // LimitOf is a status's limit as Apply holds it: Unlimited for none.

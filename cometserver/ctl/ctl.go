@@ -113,7 +113,7 @@ func apply(c admin.Client, args []string, stdout, stderr io.Writer) int {
 	}
 	result.State = got
 	if err == nil && !want.HeldBy(*got) {
-		err = fmt.Errorf("%w: server holds %s, want %s", errNotConverged, describe(*got, want), describeWant(want))
+		err = fmt.Errorf("%w: server holds %s, want %s", errNotConverged, describe(*got, want), want.String())
 	}
 	if err != nil {
 		result.Error = err.Error()
@@ -178,26 +178,19 @@ func parseApply(args []string) (contract.Apply, error) {
 	return want, nil
 }
 
+// describe is the state s holds, in the terms of like: the limit and the
+// history only where like asks for them.
 func describe(s contract.Status, like contract.Apply) string {
-	d := fmt.Sprintf("activated=%t timeout=%s", s.Activated, s.TimeoutDuration())
+	var limit *int
+	var history *contract.History
 	if like.MaxVirtualChannels != nil {
-		d += " max_virtual_channels=" + contract.FormatLimit(contract.LimitOf(s.MaxVirtualChannels))
+		l := contract.LimitOf(s.MaxVirtualChannels)
+		limit = &l
 	}
 	if like.History != nil {
-		d += fmt.Sprintf(" history=%d/%s", s.HistorySize, s.HistoryTTLDuration())
+		history = &contract.History{Size: s.HistorySize, TTL: s.HistoryTTLDuration()}
 	}
-	return d
-}
-
-func describeWant(a contract.Apply) string {
-	d := fmt.Sprintf("activated=%t timeout=%s", a.Activated, a.Timeout)
-	if a.MaxVirtualChannels != nil {
-		d += " max_virtual_channels=" + contract.FormatLimit(*a.MaxVirtualChannels)
-	}
-	if a.History != nil {
-		d += fmt.Sprintf(" history=%d/%s", a.History.Size, a.History.TTL)
-	}
-	return d
+	return contract.Describe(s.Activated, s.TimeoutDuration(), limit, history)
 }
 
 // Plan returns the commands that take a server from cur to d, and nothing

@@ -11,10 +11,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/security"
 )
+
+// benchServer is a handler on a real loopback listener, taken over as in
+// production, in front of a hub with the channel "c"; both stop with b.
+func benchServer(b *testing.B, limits engine.Limits) (*channels.Hub, *httptest.Server) {
+	reg := channelstest.New(limits)
+	b.Cleanup(reg.Engine().Stop)
+	reg.Create(context.Background(), "c")
+	h := New(reg, security.New(true, time.Hour), Options{})
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener = h.Listener(srv.Listener)
+	srv.Start()
+	b.Cleanup(srv.Close)
+	return reg, srv
+}
 
 // BenchmarkHTTPBroadcast measures the whole path over loopback: one write
 // fanned out to n long polls, each reply written and flushed, and each
@@ -22,14 +37,7 @@ import (
 // open-file limit (20,000 here, two descriptors a client) bounds n.
 func BenchmarkHTTPBroadcast(b *testing.B) {
 	const n = 2000
-	reg := channelstest.New(engine.Limits{})
-	defer reg.Engine().Stop()
-	reg.Create(context.Background(), "c")
-	h := New(reg, security.New(true, time.Hour), Options{})
-	srv := httptest.NewUnstartedServer(h)
-	srv.Listener = h.Listener(srv.Listener) // as in production
-	srv.Start()
-	defer srv.Close()
+	reg, srv := benchServer(b, engine.Limits{})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: n}}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -82,14 +90,7 @@ func BenchmarkPollCycle(b *testing.B) {
 			name = "resume"
 		}
 		b.Run(name, func(b *testing.B) {
-			reg := channelstest.New(engine.Limits{HistorySize: 100, HistoryTTL: time.Minute})
-			defer reg.Engine().Stop()
-			reg.Create(context.Background(), "c")
-			h := New(reg, security.New(true, time.Hour), Options{})
-			srv := httptest.NewUnstartedServer(h)
-			srv.Listener = h.Listener(srv.Listener) // as in production
-			srv.Start()
-			defer srv.Close()
+			reg, srv := benchServer(b, engine.Limits{HistorySize: 100, HistoryTTL: time.Minute})
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 
 			position := ""
