@@ -24,6 +24,7 @@ package longpoll
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -34,6 +35,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -280,11 +282,14 @@ type parked struct {
 	bodyBuffered bool                // the current request's body is already read
 	sentAhead    bool                // the client sent more while a poll waited
 	done         bool                // the connection closes after this reply
+	writeUntil   time.Time           // the write deadline set last
 	mu           sync.Mutex          // guards inRequest and the read deadline
 	inRequest    bool                // a request is being read: wakes must not cut it
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
+
+var crlfcrlf = []byte("\r\n\r\n")
 
 // arm's first argument.
 const (
@@ -405,8 +410,9 @@ func (c *parked) reply(status int, body []byte, close bool) bool {
 			b = append(append(append(append(b, k...), ": "...), v...), "\r\n"...)
 		}
 	}
+	now := time.Now()
 	b = append(b, "Date: "...)
-	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	b = appendDate(b, now)
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	if close {
@@ -414,7 +420,7 @@ func (c *parked) reply(status int, body []byte, close bool) bool {
 	}
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)
-	c.conn.SetWriteDeadline(time.Now().Add(c.h.o.WriteTimeout))
+	c.boundWrite(now)
 	_, err := c.conn.Write(b)
 	if cap(b) <= 16<<10 { // keep the pool small; big replies are rare
 		*bp = b
@@ -424,6 +430,37 @@ func (c *parked) reply(status int, body []byte, close bool) bool {
 		c.done = true
 	}
 	return err == nil
+}
+
+// boundWrite bounds the reply about to be written by the write timeout.
+// Moving a deadline costs a runtime timer update, so it moves only once
+// less than half the timeout is left: a reply then has between half the
+// timeout and the whole of it, never more.
+func (c *parked) boundWrite(now time.Time) {
+	if c.writeUntil.Sub(now) < c.h.o.WriteTimeout/2 {
+		c.writeUntil = now.Add(c.h.o.WriteTimeout)
+		c.conn.SetWriteDeadline(c.writeUntil)
+	}
+}
+
+// dateCache holds the Date header's value for the current second:
+// formatting it costs more than the rest of a reply's head.
+var dateCache atomic.Pointer[cachedDate]
+
+type cachedDate struct {
+	sec  int64
+	text []byte
+}
+
+// appendDate appends now in http.TimeFormat, as net/http's Date header.
+func appendDate(b []byte, now time.Time) []byte {
+	sec := now.Unix()
+	if d := dateCache.Load(); d != nil && d.sec == sec {
+		return append(b, d.text...)
+	}
+	d := &cachedDate{sec: sec, text: now.UTC().AppendFormat(nil, http.TimeFormat)}
+	dateCache.Store(d)
+	return append(b, d.text...)
 }
 
 // close closes the connection the way net/http does after refusing a
@@ -486,7 +523,11 @@ func (c *parked) readHead() (*http.Request, bool) {
 			return nil, false
 		}
 	}
-	c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
+	// A head read whole with its first bytes (the usual case) reads the
+	// connection no more: no deadline to move then.
+	if buffered, _ := c.br.Peek(c.br.Buffered()); bytes.Index(buffered, crlfcrlf) < 0 {
+		c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
+	}
 	// net/http's tolerance for old clients, after a POST (as every request
 	// served here is): a CR or LF or two before the next request are
 	// skipped. They are not given back with the request.
@@ -638,6 +679,10 @@ func (c *parked) giveBack() {
 	replay := append(c.rec, c.pending...)
 	c.rec, c.pending, c.recording = nil, nil, false
 	c.arm(inRequest, time.Time{})
+	// net/http, with no write timeout of its own, must not inherit the
+	// bound of our last reply.
+	c.conn.SetWriteDeadline(time.Time{})
+	c.writeUntil = time.Time{}
 	if !c.handback(&replayConn{Conn: c.conn, replay: replay}) {
 		c.conn.Close()
 	}
