@@ -53,6 +53,13 @@ var (
 const perWorker = 9000
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "trivial" {
+		if err := runTrivial(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		if err := runWorker(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -61,7 +68,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: cometbench hold|fanout|churn|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: cometbench hold|fanout|churn|ceiling|report [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -111,10 +118,16 @@ func main() {
 			}
 			fmt.Print(row.Markdown())
 		}
+	case "ceiling":
+		var res ceilingResult
+		if res, err = ceiling(*clients, *step); err == nil {
+			fmt.Printf("trivial keep-alive handler, %d clients: %.0f requests/s, %.1f µs CPU each (server %.0f%%, generator %.0f%%)\n",
+				res.Clients, res.RequestsPerSec, res.CPUPerRequest(), res.ServerCPU, res.GeneratorCPU)
+		}
 	case "report":
 		_, err = writeReport(reportParams{Servers: names, CometBin: *server, Out: *out, Plot: *plotFile, Quick: *quick})
 	default:
-		err = fmt.Errorf("unknown scenario %q (hold, fanout, churn, report)", os.Args[1])
+		err = fmt.Errorf("unknown scenario %q (hold, fanout, churn, ceiling, report)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cometbench:", err)
@@ -159,6 +172,8 @@ func startServer(name, cometBin string) (server, error) {
 		return startPushpin()
 	case "comet-redis": // three servers on one Redis, clients that resume
 		return startFleet(cometBin, 3)
+	case "ceiling": // the machine's ceiling: a trivial keep-alive handler
+		return startCeiling()
 	}
 	return nil, fmt.Errorf("unknown server %q (comet, comet-nohistory, comet-resume, comet-redis, nchan, pushpin)", name)
 }

@@ -28,17 +28,24 @@ type reportParams struct {
 	Rates          []int
 	Step           time.Duration
 	Churn          churnParams
+	Runs           int   // rounds of hold and fan-out, every server in turn in each
+	CompareRates   []int // the publish rates the summary and targets compare at
 }
 
 func (p *reportParams) sizes() {
 	if p.Quick {
-		p.HoldSizes, p.HoldChannels, p.FleetHold = []int{300, 600}, 10, 900
+		p.HoldSizes, p.HoldChannels, p.FleetHold = []int{600}, 10, 900
 		p.FanChannels, p.FanSubscribers, p.Rates, p.Step = 10, 10, []int{20, 40}, time.Second
+		p.Runs, p.CompareRates = 1, []int{20, 40}
 		p.Churn = churnParams{Clients: 200, Channels: 10, Rate: 20, AbortMean: 500 * time.Millisecond, Duration: 3 * time.Second}
 		return
 	}
-	p.HoldSizes, p.HoldChannels, p.FleetHold = []int{10000, 19000}, 100, 50000
-	p.FanChannels, p.FanSubscribers, p.Rates, p.Step = 100, 100, []int{50, 100, 200, 300, 400, 600, 800}, 5*time.Second
+	// 19,000 waiting requests is about what one process can hold here.
+	p.HoldSizes, p.HoldChannels, p.FleetHold = []int{19000}, 100, 50000
+	// 100 and 200 publishes/s to 100 subscribers each: 10,000 and 20,000
+	// deliveries/s, the rates the targets compare at.
+	p.FanChannels, p.FanSubscribers, p.Rates, p.Step = 100, 100, []int{50, 100, 200, 300, 400, 600}, 5*time.Second
+	p.Runs, p.CompareRates = 3, []int{100, 200}
 	p.Churn = churnParams{Clients: 5000, Channels: 100, Rate: 100, AbortMean: 5 * time.Second, Duration: 20 * time.Second}
 }
 
@@ -46,8 +53,10 @@ func (p *reportParams) sizes() {
 type reportData struct {
 	Date, Machine, Go, Kernel, Comet, Nginx, Nchan, Pushpin, Zurl string
 	Params                                                        reportParams
-	Hold                                                          []holdRow
-	Fanout                                                        []fanoutResult
+	Hold                                                          []holdSummary
+	Fanout                                                        []fanoutResult // the first run's, step by step
+	Summary                                                       []fanSummary   // every run's
+	Ceiling                                                       ceilingSummary
 	Churn                                                         []churnRow
 	Targets                                                       []target
 	Plot                                                          string // the PNG, relative to the page
@@ -83,14 +92,19 @@ func runReport(p reportParams) (reportData, error) {
 	d.describeMachine()
 
 	say := func(f string, a ...any) { fmt.Fprintf(os.Stderr, "cometbench: "+f+"\n", a...) }
-	for _, n := range p.HoldSizes {
-		for _, name := range p.Servers {
-			say("hold %d on %s", n, name)
-			row, err := hold(name, p.CometBin, n, p.HoldChannels)
-			if err != nil {
-				return d, fmt.Errorf("hold %d on %s: %w", n, name, err)
+	// Rounds: each server in turn, then the next round, so that a drift of
+	// the machine over the run spreads over every server alike.
+	var holds []holdRow
+	for run := 1; run <= p.Runs; run++ {
+		for _, n := range p.HoldSizes {
+			for _, name := range p.Servers {
+				say("hold %d on %s (run %d of %d)", n, name, run, p.Runs)
+				row, err := hold(name, p.CometBin, n, p.HoldChannels)
+				if err != nil {
+					return d, fmt.Errorf("hold %d on %s: %w", n, name, err)
+				}
+				holds = append(holds, row)
 			}
-			d.Hold = append(d.Hold, row)
 		}
 	}
 	if slices.Contains(p.Servers, "comet-redis") { // past one process's open-file cap
@@ -99,16 +113,32 @@ func runReport(p reportParams) (reportData, error) {
 		if err != nil {
 			return d, fmt.Errorf("hold %d on comet-redis: %w", p.FleetHold, err)
 		}
-		d.Hold = append(d.Hold, row)
+		holds = append(holds, row)
 	}
-	for _, name := range p.Servers {
-		say("fanout on %s", name)
-		res, err := fanout(name, p.CometBin, p.FanChannels, p.FanSubscribers, p.Rates, p.Step, os.Stderr)
-		if err != nil {
-			return d, fmt.Errorf("fanout on %s: %w", name, err)
+	d.Hold = summarizeHold(holds)
+	var all []fanoutResult
+	var ceilings []ceilingResult
+	for run := 1; run <= p.Runs; run++ {
+		for _, name := range p.Servers {
+			say("fanout on %s (run %d of %d)", name, run, p.Runs)
+			res, err := fanout(name, p.CometBin, p.FanChannels, p.FanSubscribers, p.Rates, p.Step, os.Stderr)
+			if err != nil {
+				return d, fmt.Errorf("fanout on %s: %w", name, err)
+			}
+			all = append(all, res)
+			if run == 1 {
+				d.Fanout = append(d.Fanout, res)
+			}
 		}
-		d.Fanout = append(d.Fanout, res)
+		say("ceiling (run %d of %d)", run, p.Runs)
+		c, err := ceiling(p.FanChannels*p.FanSubscribers, p.Step)
+		if err != nil {
+			return d, fmt.Errorf("ceiling: %w", err)
+		}
+		ceilings = append(ceilings, c)
 	}
+	d.Summary = summarizeFanout(all, p.CompareRates)
+	d.Ceiling = summarizeCeiling(ceilings)
 	for _, name := range p.Servers {
 		say("churn on %s", name)
 		row, err := churn(name, p.CometBin, p.Churn)
@@ -117,7 +147,7 @@ func runReport(p reportParams) (reportData, error) {
 		}
 		d.Churn = append(d.Churn, row)
 	}
-	d.Targets = targets(d.Hold, d.Fanout)
+	d.Targets = issueTargets(d.Summary, d.Hold, p.HoldSizes[len(p.HoldSizes)-1])
 	return d, nil
 }
 
@@ -180,112 +210,4 @@ func (d *reportData) describeMachine() {
 type target struct {
 	What, Measured string
 	Met            bool
-}
-
-// targets checks the comet server against the best peer in this run.
-func targets(hold []holdRow, fan []fanoutResult) []target {
-	var out []target
-	sustained := map[string]fanoutResult{}
-	for _, f := range fan {
-		sustained[f.Server] = f
-	}
-	comet, ok := sustained["cometserver"]
-	if ok {
-		if n, ok := sustained["nginx+nchan"]; ok {
-			out = append(out, target{
-				What:     "sustained deliveries/s at least 2x Nchan's",
-				Measured: fmt.Sprintf("%s vs %s (%.2fx)", thousands(int64(comet.Sustained)), thousands(int64(n.Sustained)), ratio(comet.Sustained, n.Sustained)),
-				Met:      comet.Sustained >= 2*n.Sustained,
-			})
-		}
-		if p, ok := sustained["pushpin"]; ok {
-			out = append(out, target{
-				What:     "sustained deliveries/s above Pushpin's",
-				Measured: fmt.Sprintf("%s vs %s", thousands(int64(comet.Sustained)), thousands(int64(p.Sustained))),
-				Met:      comet.Sustained > p.Sustained,
-			})
-		}
-		out = append(out, halfLoadTarget(comet, fan))
-	}
-	for _, n := range distinct(hold) {
-		var mine float64
-		best, bestName := 0.0, ""
-		for _, r := range hold {
-			switch {
-			case r.Waiting != n:
-			case r.Server == "cometserver":
-				mine = r.PerRequestKiB
-			case variant(r.Server): // the comet server in another setting: not a peer
-			case r.Errors == 0 && (bestName == "" || r.PerRequestKiB < best):
-				best, bestName = r.PerRequestKiB, r.Server
-			}
-		}
-		if bestName != "" && mine > 0 {
-			out = append(out, target{
-				What:     fmt.Sprintf("memory per waiting request at %s within 1.5x of the best peer's", thousands(int64(n))),
-				Measured: fmt.Sprintf("%.1f KiB vs %.1f KiB (%s, %.2fx)", mine, best, bestName, mine/best),
-				Met:      mine <= 1.5*best,
-			})
-		}
-	}
-	return out
-}
-
-// halfLoadTarget compares p99 at the publish rate nearest half the comet
-// server's sustained load, across servers without errors at that rate.
-func halfLoadTarget(comet fanoutResult, fan []fanoutResult) target {
-	t := target{What: "p99 at half the sustained load no worse than the best peer's"}
-	half := 0
-	for _, s := range comet.Steps {
-		if s.DeliveriesPerSec <= float64(comet.Sustained)/2+1 {
-			half = s.Rate
-		}
-	}
-	if half == 0 {
-		t.Measured = "no step at or under half the sustained load"
-		return t
-	}
-	mine, best, bestName := -1.0, 0.0, ""
-	for _, f := range fan {
-		for _, s := range f.Steps {
-			switch {
-			case s.Rate != half:
-			case f.Server == "cometserver":
-				mine = s.P99
-			case variant(f.Server):
-			case s.Errors == 0 && (bestName == "" || s.P99 < best):
-				best, bestName = s.P99, f.Server
-			}
-		}
-	}
-	if bestName == "" || mine < 0 {
-		t.Measured = fmt.Sprintf("at %d publishes/s: no peer without errors to compare with", half)
-		return t
-	}
-	t.Measured = fmt.Sprintf("at %d publishes/s: %s vs %s (%s)", half, ms(mine), ms(best), bestName)
-	t.Met = mine <= best
-	return t
-}
-
-// variant reports whether a server's name is the comet server's in a
-// setting other than its defaults ("cometserver, history off").
-func variant(name string) bool {
-	return strings.HasPrefix(name, "cometserver, ") || strings.HasPrefix(name, "cometserver x")
-}
-
-func distinct(rows []holdRow) []int {
-	var out []int
-	for _, r := range rows {
-		if len(out) == 0 || out[len(out)-1] != r.Waiting {
-			out = append(out, r.Waiting)
-		}
-	}
-	return out
-}
-
-func ratio(a, b int) float64 {
-	if b == 0 {
-		return 0
-	}
-	return float64(a) / float64(b)
 }

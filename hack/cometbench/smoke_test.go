@@ -15,6 +15,12 @@ import (
 // The test binary is also the workers' binary: startWorkers runs
 // os.Executable() with "worker".
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "trivial" {
+		if err := runTrivial(); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		if err := runWorker(); err != nil {
 			os.Exit(1)
@@ -35,12 +41,22 @@ func TestSmokeReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range d.Hold {
-		if r.Errors != 0 || r.PerRequestKiB <= 0 || r.PerRequestKiB > 200 {
-			t.Errorf("hold %d: %.1f KiB a waiting request, %d errors: the measurement is off", r.Waiting, r.PerRequestKiB, r.Errors)
+		if kib := r.PerRequestKiB.Median(); r.Errors != 0 || kib <= 0 || kib > 200 {
+			t.Errorf("hold %d: %.1f KiB a waiting request, %d errors: the measurement is off", r.Waiting, kib, r.Errors)
 		}
 	}
-	if len(d.Hold) != 4 || len(d.Fanout) != 2 || len(d.Churn) != 2 {
-		t.Fatalf("rows: %d hold, %d fanout, %d churn", len(d.Hold), len(d.Fanout), len(d.Churn))
+	if len(d.Hold) != 2 || len(d.Fanout) != 2 || len(d.Summary) != 2 || len(d.Churn) != 2 {
+		t.Fatalf("rows: %d hold, %d fanout, %d summary, %d churn", len(d.Hold), len(d.Fanout), len(d.Summary), len(d.Churn))
+	}
+	for _, s := range d.Summary {
+		for _, a := range s.At {
+			if len(a.CPUPerDelivery) != 1 || len(a.P99) != 1 || a.Deliveries.Median() == 0 {
+				t.Errorf("%s at %d publishes/s: %+v", s.Server, a.Rate, a)
+			}
+		}
+	}
+	if c := d.Ceiling; c.RequestsPerSec.Median() <= 0 || c.CPUPerRequest.Median() <= 0 {
+		t.Errorf("ceiling %+v: want a rate and a CPU per request", c)
 	}
 	// Resuming clients lose nothing and get nothing twice, through
 	// hang-ups; the same clients not resuming may lose what came between
@@ -71,7 +87,7 @@ func TestSmokeReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| cometserver | 300 | 10 |", "**cometserver** (sustained:", "| cometserver | 200 | 20 |", "| cometserver, resuming | 200 | 20 |", "![p99 and p50", "(latency.png)", "quick run"} {
+	for _, want := range []string{"| cometserver | 600 | ", "**cometserver** (sustained:", "| cometserver | 200 | 20 |", "| cometserver, resuming | 200 | 20 |", "**The machine's ceiling**", "![p99 and p50", "(latency.png)", "quick run"} {
 		if !strings.Contains(string(page), want) {
 			t.Errorf("the page lacks %q:\n%s", want, page)
 		}

@@ -79,12 +79,6 @@ func runWorker() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(j.Source)}, Control: noPortAtBind}
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext:         dialer.DialContext,
-		MaxIdleConnsPerHost: j.Clients,
-		MaxConnsPerHost:     0,
-		IdleConnTimeout:     time.Minute,
-	}}
 	w := worker{last: make([]atomic.Int64, j.Clients), channels: j.Channels}
 	var wg sync.WaitGroup
 	// Clients start at a steady pace, not all in one burst: the figures are
@@ -100,6 +94,7 @@ func runWorker() error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				hc := &http.Client{Transport: &connTransport{dial: dialer.DialContext}}
 				w.client(ctx, i, newPoller(j.Protocol, hc, j.URL, j.Channels[i%len(j.Channels)], j.Resume), j.AbortMean)
 			}()
 			select {
