@@ -19,6 +19,8 @@ func (x *httpExchange) bodyDeadline(t time.Time) {
 	_ = http.NewResponseController(x.w).SetReadDeadline(t) // not every ResponseWriter supports deadlines
 }
 
+func (x *httpExchange) park(*poll) bool { return false } // net/http's goroutine waits
+
 func (x *httpExchange) wait(p *poll) bool {
 	timer := time.NewTimer(time.Until(p.deadline))
 	defer timer.Stop()

@@ -123,6 +123,10 @@ type exchange interface {
 	// bodyDeadline bounds the reading of the request's body; the zero
 	// time ends the bound.
 	bodyDeadline(t time.Time)
+	// park takes p over when it can wait without a goroutine: whatever
+	// ends the wait then calls finish on a goroutine of its own. False:
+	// the caller waits.
+	park(p *poll) bool
 	// wait blocks until p has something to say: an event, its deadline,
 	// an abort. It reports false if the client left first.
 	wait(p *poll) bool
@@ -131,22 +135,23 @@ type exchange interface {
 	reply(status int, body []byte, close bool) bool
 }
 
-// respond is the protocol, for one request on x.
-func (h *Handler) respond(x exchange, r *http.Request) {
+// respond is the protocol, for one request on x. It reports false when x
+// parked the request, to be finished by whatever ends its wait.
+func (h *Handler) respond(x exchange, r *http.Request) bool {
 	h.allowOrigin(x, r)
 	switch r.Method {
 	case http.MethodPost:
 	case http.MethodOptions:
 		h.preflight(x, r)
-		return
+		return true
 	default:
 		x.header().Set("Allow", "POST, OPTIONS")
 		h.refuse(x, http.StatusMethodNotAllowed, "method not allowed: comet requests are POST")
-		return
+		return true
 	}
 	if mediaType(r.Header.Get("Content-Type")) != ContentType {
 		h.refuse(x, http.StatusUnsupportedMediaType, "unsupported content type: want "+ContentType)
-		return
+		return true
 	}
 
 	// 1. Read and decode the registration.
@@ -154,7 +159,7 @@ func (h *Handler) respond(x exchange, r *http.Request) {
 	req, code, err := h.readRegistration(r.ContentLength, r.Body)
 	if err != nil {
 		h.refuse(x, code, err.Error())
-		return
+		return true
 	}
 	x.bodyDeadline(time.Time{})
 
@@ -166,17 +171,28 @@ func (h *Handler) respond(x exchange, r *http.Request) {
 	switch {
 	case status != 0:
 		h.refuse(x, status, "")
-		return
+		return true
 	case p.waiter == nil:
 		body, _ := h.answer(p)
 		h.o.Metrics.Reply(http.StatusOK)
 		x.reply(http.StatusOK, body, false)
-		return
+		return true
 	}
 
-	// 4. Wait for something to say.
+	// 4. Wait for something to say: parked with no goroutine of its own
+	// where x can (takeover.go), else here.
+	if x.park(p) {
+		return false
+	}
+	h.finish(x, p, x.wait(p))
+	return true
+}
+
+// finish ends a poll whose wait is over; present is false if its client
+// left.
+func (h *Handler) finish(x exchange, p *poll, present bool) {
 	defer h.waiting.Add(-1)
-	if !x.wait(p) {
+	if !present {
 		channels.Resolve(p.waiter.Detach(), false) // the client hung up: nothing to write
 		return
 	}

@@ -6,10 +6,14 @@ package longpoll
 // (one runs the handler, one reads in the background to notice a hang-up)
 // and a 4 KiB reader and writer: about 20 KiB for a request that does
 // nothing but wait. So the handler takes a kept-alive HTTP/1.1 poll's
-// connection over (Hijack) and serves it from one goroutine of its own,
-// parked in a one-byte read while a poll waits: the read notices a
-// hang-up, and an event, an abort or the timeout wakes it by moving the
-// read deadline.
+// connection over (Hijack) and serves it from a goroutine of its own.
+// While a poll waits, on Linux, the connection holds no goroutine at all:
+// it is parked in an epoll set (parkloop_linux.go) that notices a hang-up,
+// and an event, an abort, a hang-up or the timeout starts a goroutine that
+// answers the poll and goes on with the connection. Elsewhere, and for a
+// connection without a file descriptor, the goroutine waits in a one-byte
+// read: the read notices a hang-up, and an event, an abort or the timeout
+// wakes it by moving the read deadline.
 //
 // After each reply the same goroutine reads the client's next request. It
 // serves it itself only when it is another poll that net/http would take
@@ -36,6 +40,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -243,6 +248,11 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 		conn = rc.Conn // given back earlier, and its replay is read
 	}
 	c := &parked{h: h, conn: conn, path: r.URL.Path, handback: handback}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw, c.loop = raw, theParkLoop()
+		}
+	}
 	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered()) // the body, or more, that net/http read with the head
 	c.pending = append([]byte(nil), buffered...)
 	// After a hijack the request's body is no longer net/http's to read:
@@ -283,9 +293,31 @@ type parked struct {
 	sentAhead    bool                // the client sent more while a poll waited
 	done         bool                // the connection closes after this reply
 	writeUntil   time.Time           // the write deadline set last
-	mu           sync.Mutex          // guards inRequest and the read deadline
+	mu           sync.Mutex          // guards inRequest, the read deadline and the park state
 	inRequest    bool                // a request is being read: wakes must not cut it
+
+	// Parked with no goroutine (park): the loop and the connection's file
+	// descriptor, the poll that waits, what ends its wait.
+	loop      *parkLoop       // nil: polls wait on a goroutine
+	raw       syscall.RawConn // nil without a file descriptor
+	loopID    int32           // the socket's identifier in the loop, 0 before its first park
+	state     parkState
+	waitFor   *poll       // the poll parked; nil: parked between requests
+	timer     *time.Timer // the poll's deadline, or the idle timeout, while parked
+	readable  bool        // the loop woke it: the client sent something or left
+	edge      bool        // the loop saw data or a hang-up since the last read began
+	hup       bool        // the loop saw the client's end: a read that returns data leaves it unread
+	drained   bool        // the last read left nothing in the socket
+	idleUntil time.Time   // the idle timeout before the next request
 }
+
+type parkState uint8
+
+const (
+	running  parkState = iota // a goroutine serves the connection
+	inLoop                    // a poll waits, no goroutine: the next wake starts one
+	resuming                  // woken: a goroutine is starting
+)
 
 var aLongTimeAgo = time.Unix(1, 0)
 
@@ -297,14 +329,154 @@ const (
 	inRequest = true  // a request is being read: a wake must not cut it
 )
 
-// wake cuts short a read that waits for a poll's event or, between
-// requests, for the next one.
+// wake ends a parked poll's wait on a new goroutine, or cuts short a read
+// that waits for a poll's event or, between requests, for the next one.
 func (c *parked) wake() {
 	c.mu.Lock()
-	if !c.inRequest {
+	switch {
+	case c.state == inLoop:
+		c.state = resuming
+		resumeOn(c)
+	case !c.inRequest:
 		c.conn.SetReadDeadline(aLongTimeAgo)
 	}
 	c.mu.Unlock()
+}
+
+// onEdge is the loop's news: the client sent something, or left (hup).
+// It resumes a parked connection; a running one reads on before it parks.
+func (c *parked) onEdge(hup bool) {
+	c.mu.Lock()
+	c.edge = true
+	c.hup = c.hup || hup
+	if c.state == inLoop {
+		c.state, c.readable = resuming, true
+		resumeOn(c)
+	}
+	c.mu.Unlock()
+}
+
+// park leaves p to wait with no goroutine (see parkIn).
+func (c *parked) park(p *poll) bool { return c.parkIn(p) }
+
+// parkIn leaves the connection, with the poll p waiting or (nil) between
+// requests, with no goroutine until a wake, the loop's news of the
+// client, or the deadline (p's, or the idle timeout): on Linux, for a
+// connection with a file descriptor, and only when its socket holds
+// nothing unread. It reports false if the caller must go on instead.
+func (c *parked) parkIn(p *poll) bool {
+	if c.loop == nil || c.raw == nil || len(c.pending) > 0 || c.sentAhead || (c.br != nil && c.br.Buffered() > 0) {
+		return false
+	}
+	var fd int
+	if err := c.raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return false
+	}
+	// A socket added now reports what it holds as an edge. One added
+	// earlier parks at once if a read emptied it and no edge came since;
+	// else a read that does not wait tells (an edge can reach the loop
+	// after the read it announced).
+	c.mu.Lock()
+	unsure, hup := c.loopID != 0 && (c.edge || !c.drained), c.hup
+	c.mu.Unlock()
+	if hup {
+		return false // the caller reads to the end
+	}
+	if unsure && (!c.takeByte() || len(c.pending) > 0) {
+		return false // the client sent more, or left: the caller reads it
+	}
+	c.mu.Lock()
+	if c.edge && c.loopID != 0 { // it came during that read
+		c.mu.Unlock()
+		return false
+	}
+	if err := c.loop.watch(fd, c); err != nil {
+		c.mu.Unlock()
+		c.h.o.Logger.Warn("cannot park a comet connection, waiting on a goroutine", "err", err)
+		return false
+	}
+	c.releaseReader() // a parked connection holds no buffer
+	c.state, c.waitFor, c.readable = inLoop, p, false
+	deadline := c.idleUntil
+	if p != nil {
+		deadline = p.deadline
+	}
+	if c.timer == nil {
+		c.timer = time.AfterFunc(time.Until(deadline), c.wake)
+	} else {
+		c.timer.Reset(time.Until(deadline))
+	}
+	c.mu.Unlock()
+	// From here on c may be resumed, and belongs to that goroutine.
+	if p != nil {
+		p.waiter.OnReady(c.wake)
+		if closed(p.abort) || c.h.closing.Load() { // came before the park: wakeAll found it running
+			c.wake()
+		}
+	} else if c.h.closing.Load() {
+		c.wake()
+	}
+	return true
+}
+
+// resumers are the goroutines idle after resuming a connection, waiting
+// for the next one. A goroutine started afresh for each resume grew its
+// stack to the depth of a request's path every time (about 7% of the CPU
+// per delivery); one that served a connection before has grown it already.
+var resumers = make(chan *parked)
+
+// resumerIdle is how long an idle resumer waits for work before it ends.
+const resumerIdle = 10 * time.Second
+
+// resumersAlive counts the resumers, busy or idle: goroutines of a pool,
+// not of a connection.
+var resumersAlive atomic.Int64
+
+// resumeOn resumes c on an idle resumer, or on a new one if none is idle.
+func resumeOn(c *parked) {
+	select {
+	case resumers <- c:
+	default:
+		go resumer(c)
+	}
+}
+
+func resumer(c *parked) {
+	resumersAlive.Add(1)
+	defer resumersAlive.Add(-1)
+	idle := time.NewTimer(resumerIdle)
+	defer idle.Stop()
+	for {
+		c.resume()
+		idle.Reset(resumerIdle)
+		select {
+		case c = <-resumers:
+		case <-idle.C:
+			return
+		}
+	}
+}
+
+// resume goes on with a parked connection, on the goroutine that a wake
+// started: it ends the parked poll's wait, or reads the next request.
+func (c *parked) resume() {
+	c.mu.Lock()
+	c.timer.Stop()
+	p, readable := c.waitFor, c.readable
+	c.state, c.waitFor, c.readable = running, nil, false
+	c.mu.Unlock()
+	if p == nil {
+		// The next request (read whole in one system call, usually), a
+		// hang-up, the idle timeout or a shutdown.
+		c.run(c.next(), nil, true)
+		return
+	}
+	present := !readable || c.takeByte()
+	// Woken by an edge that a read already took: park again.
+	if readable && present && len(c.pending) == 0 && !c.over(p) && c.parkIn(p) {
+		return
+	}
+	c.run(nil, p, present)
 }
 
 // arm sets the read deadline, and whether a request is being read, under
@@ -318,11 +490,25 @@ func (c *parked) arm(request bool, deadline time.Time) {
 	c.mu.Unlock()
 }
 
-// serve answers r, then the connection's next requests, until it closes or
-// goes back to net/http. A panic is logged and closes the connection, as
-// net/http does with a handler's.
-func (c *parked) serve(r *http.Request) {
-	defer c.h.untrack(c)
+// serve answers r, then the connection's next requests, until it closes,
+// goes back to net/http or parks a poll.
+func (c *parked) serve(r *http.Request) { c.run(r, nil, true) }
+
+// run serves the connection on this goroutine: first the end of the poll
+// p that waited parked (present: its client is still there), then
+// requests from r on, until the connection closes, goes back to net/http,
+// or parks a poll, whose wake goes on from there. A panic is logged and
+// closes the connection, as net/http does with a handler's.
+func (c *parked) run(r *http.Request, p *poll, present bool) {
+	handedOn := false // parked: c belongs to whoever resumes it
+	defer func() {
+		if !handedOn {
+			if c.loop != nil {
+				c.loop.forget(c, -1) // closed, or given back (and forgotten there)
+			}
+			c.h.untrack(c)
+		}
+	}()
 	defer func() {
 		if err := recover(); err != nil && err != http.ErrAbortHandler {
 			buf := make([]byte, 64<<10)
@@ -331,15 +517,33 @@ func (c *parked) serve(r *http.Request) {
 			c.conn.Close()
 		}
 	}()
+	if p != nil {
+		c.h.finish(c, p, present && c.wait(p))
+		r, handedOn = c.after()
+	}
 	for r != nil {
-		c.h.respond(c, r)
-		c.releaseReader()
-		if c.done {
-			c.close()
+		if !c.h.respond(c, r) {
+			handedOn = true
 			return
 		}
-		r = c.next()
+		r, handedOn = c.after()
 	}
+}
+
+// after ends a request: it closes the connection, parks it until the
+// client sends more (parked true), or reads the next request, which it
+// returns if this connection serves it.
+func (c *parked) after() (next *http.Request, parked bool) {
+	c.releaseReader()
+	if c.done {
+		c.close()
+		return nil, false
+	}
+	c.idleUntil = time.Now().Add(c.h.o.IdleTimeout)
+	if c.parkIn(nil) {
+		return nil, true
+	}
+	return c.next(), false
 }
 
 func (c *parked) header() http.Header {
@@ -360,10 +564,13 @@ func (c *parked) bodyDeadline(t time.Time) {
 // byte the client sends ahead and then stops reading: the rest waits in
 // the socket for the next request.
 func (c *parked) wait(p *poll) bool {
+	if c.over(p) { // a resumed poll, usually: no deadline to move
+		return true
+	}
 	p.waiter.OnReady(c.wake)
 	for {
 		c.arm(awaiting, p.deadline)
-		if closed(p.abort) || c.h.closing.Load() || ready(p.waiter) || !time.Now().Before(p.deadline) {
+		if c.over(p) {
 			return true
 		}
 		if c.sentAhead {
@@ -378,6 +585,12 @@ func (c *parked) wait(p *poll) bool {
 			return false // the client left
 		}
 	}
+}
+
+// over reports whether p has something to say: an abort, a shutdown,
+// news, its deadline.
+func (c *parked) over(p *poll) bool {
+	return closed(p.abort) || c.h.closing.Load() || ready(p.waiter) || !time.Now().Before(p.deadline)
 }
 
 // waitWithoutReading waits for p on channels, once reading has stopped.
@@ -505,7 +718,7 @@ func (c *parked) readHead() (*http.Request, bool) {
 	// Wait for the request in the reader: its first read then takes the
 	// whole head, usually the body too, in one system call. As net/http,
 	// wait for four bytes: a connection that ends before closes unanswered.
-	idleUntil := time.Now().Add(c.h.o.IdleTimeout)
+	idleUntil := c.idleUntil
 	for {
 		c.arm(awaiting, idleUntil)
 		if c.h.closing.Load() || !time.Now().Before(idleUntil) {
@@ -637,7 +850,11 @@ func (r connReader) Read(b []byte) (int, error) {
 		n = copy(b, c.pending)
 		c.pending = c.pending[n:]
 	} else {
+		c.mu.Lock()
+		c.edge = false // what comes from here on is news to the loop
+		c.mu.Unlock()
 		n, err = c.conn.Read(b)
+		c.drained = err == nil && n < len(b)
 	}
 	if c.recording {
 		c.rec = append(c.rec, b[:n]...)
@@ -683,6 +900,9 @@ func (c *parked) giveBack() {
 	// bound of our last reply.
 	c.conn.SetWriteDeadline(time.Time{})
 	c.writeUntil = time.Time{}
+	if c.loop != nil && c.raw != nil {
+		c.raw.Control(func(fd uintptr) { c.loop.forget(c, int(fd)) })
+	}
 	if !c.handback(&replayConn{Conn: c.conn, replay: replay}) {
 		c.conn.Close()
 	}

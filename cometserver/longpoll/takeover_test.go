@@ -154,15 +154,20 @@ func (e *env) park(c *rawConn) {
 	}
 }
 
-// A waiting poll costs one goroutine once its connection is taken over,
-// against two inside net/http.
-func TestTakeoverHoldsAWaitWithOneGoroutine(t *testing.T) {
+// A waiting poll costs no goroutine once its connection is taken over on
+// Linux (it is parked in the epoll loop), one elsewhere, against two
+// inside net/http.
+func TestTakeoverHoldsAWaitWithNoGoroutine(t *testing.T) {
 	bounded.Test(t, time.Minute)
 	const n = 200
+	taken := [2]int{0, 1}
+	if runtime.GOOS != "linux" {
+		taken = [2]int{9, 12}
+	}
 	for _, tt := range []struct {
 		m        mode
 		min, max int // goroutines per waiting request, times 10
-	}{{takeover, 9, 12}, {plain, 19, 22}} {
+	}{{takeover, taken[0], taken[1]}, {plain, 19, 22}} {
 		t.Run(fmt.Sprint(tt.m), func(t *testing.T) {
 			e := newEnv(t, tt.m, time.Hour, Options{})
 			e.create("a")

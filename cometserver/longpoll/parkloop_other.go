@@ -1,0 +1,13 @@
+//go:build !linux
+
+package longpoll
+
+// Without epoll a poll waits on a goroutine of its own (wait): there is
+// no loop, and park declines before it would use one.
+type parkLoop struct{}
+
+var theParkLoop = func() *parkLoop { return nil }
+
+func (*parkLoop) watch(int, *parked) error { panic("longpoll: no park loop on this platform") }
+func (*parkLoop) forget(*parked, int)      {}
+func (c *parked) takeByte() bool           { return true }
