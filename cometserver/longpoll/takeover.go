@@ -368,10 +368,6 @@ func (c *parked) parkIn(p *poll) bool {
 	if c.loop == nil || c.raw == nil || len(c.pending) > 0 || c.sentAhead || (c.br != nil && c.br.Buffered() > 0) {
 		return false
 	}
-	var fd int
-	if err := c.raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return false
-	}
 	// A socket added now reports what it holds as an edge. One added
 	// earlier parks at once if a read emptied it and no edge came since;
 	// else a read that does not wait tells (an edge can reach the loop
@@ -390,13 +386,22 @@ func (c *parked) parkIn(p *poll) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if err := c.loop.watch(fd, c); err != nil {
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) { err = c.loop.watch(int(fd), c) }); cerr != nil {
+		c.mu.Unlock()
+		return false // closed meanwhile (a forced shutdown)
+	}
+	if err != nil {
+		// The set is full (fs.epoll.max_user_watches), say: this
+		// connection's polls wait on their goroutine from now on.
+		c.loop = nil
 		c.mu.Unlock()
 		c.h.o.Logger.Warn("cannot park a comet connection, waiting on a goroutine", "err", err)
 		return false
 	}
 	c.releaseReader() // a parked connection holds no buffer
 	c.state, c.waitFor, c.readable = inLoop, p, false
+	parks.Add(1)
 	deadline := c.idleUntil
 	if p != nil {
 		deadline = p.deadline
@@ -425,12 +430,14 @@ func (c *parked) parkIn(p *poll) bool {
 // per delivery); one that served a connection before has grown it already.
 var resumers = make(chan *parked)
 
-// resumerIdle is how long an idle resumer waits for work before it ends.
-const resumerIdle = 10 * time.Second
+// resumerIdle is how long an idle resumer waits for work before it ends:
+// publishes come in bursts, each resuming every poll of a channel at once,
+// and a second covers the gaps between them at any rate worth a pool.
+const resumerIdle = time.Second
 
 // resumersAlive counts the resumers, busy or idle: goroutines of a pool,
-// not of a connection.
-var resumersAlive atomic.Int64
+// not of a connection; parks counts the parks, for the tests.
+var resumersAlive, parks atomic.Int64
 
 // resumeOn resumes c on an idle resumer, or on a new one if none is idle.
 func resumeOn(c *parked) {
@@ -462,21 +469,39 @@ func resumer(c *parked) {
 func (c *parked) resume() {
 	c.mu.Lock()
 	c.timer.Stop()
-	p, readable := c.waitFor, c.readable
+	w := wakeup{p: c.waitFor, readable: c.readable, hup: c.hup}
 	c.state, c.waitFor, c.readable = running, nil, false
 	c.mu.Unlock()
-	if p == nil {
+	c.run(nil, &w)
+}
+
+// wakeup is what resumed a parked connection.
+type wakeup struct {
+	p             *poll // the poll that waited; nil: between requests
+	readable, hup bool  // the loop's news: data, or the client's end
+}
+
+// resumed is the first step of a resumed connection: it answers the
+// parked poll, or reads the next request, or parks again after a wake that
+// was not for it. It reports the next request and whether the connection
+// parked again.
+func (c *parked) resumed(w *wakeup) (*http.Request, bool) {
+	if w.p == nil {
+		// An abort, or a timer or an edge that came late: nothing new.
+		if !w.readable && !c.h.closing.Load() && time.Now().Before(c.idleUntil) && c.parkIn(nil) {
+			return nil, true
+		}
 		// The next request (read whole in one system call, usually), a
 		// hang-up, the idle timeout or a shutdown.
-		c.run(c.next(), nil, true)
-		return
+		return c.next(), false
 	}
-	present := !readable || c.takeByte()
+	present := !w.hup && (!w.readable || c.takeByte())
 	// Woken by an edge that a read already took: park again.
-	if readable && present && len(c.pending) == 0 && !c.over(p) && c.parkIn(p) {
-		return
+	if w.readable && present && len(c.pending) == 0 && !c.over(w.p) && c.parkIn(w.p) {
+		return nil, true
 	}
-	c.run(nil, p, present)
+	c.h.finish(c, w.p, present && c.wait(w.p))
+	return c.after()
 }
 
 // arm sets the read deadline, and whether a request is being read, under
@@ -492,14 +517,13 @@ func (c *parked) arm(request bool, deadline time.Time) {
 
 // serve answers r, then the connection's next requests, until it closes,
 // goes back to net/http or parks a poll.
-func (c *parked) serve(r *http.Request) { c.run(r, nil, true) }
+func (c *parked) serve(r *http.Request) { c.run(r, nil) }
 
-// run serves the connection on this goroutine: first the end of the poll
-// p that waited parked (present: its client is still there), then
-// requests from r on, until the connection closes, goes back to net/http,
-// or parks a poll, whose wake goes on from there. A panic is logged and
-// closes the connection, as net/http does with a handler's.
-func (c *parked) run(r *http.Request, p *poll, present bool) {
+// run serves the connection on this goroutine: first what woke it, if it
+// was parked, then requests from r on, until the connection closes, goes
+// back to net/http, or parks, when its wake goes on from there. A panic is
+// logged and closes the connection, as net/http does with a handler's.
+func (c *parked) run(r *http.Request, w *wakeup) {
 	handedOn := false // parked: c belongs to whoever resumes it
 	defer func() {
 		if !handedOn {
@@ -517,9 +541,10 @@ func (c *parked) run(r *http.Request, p *poll, present bool) {
 			c.conn.Close()
 		}
 	}()
-	if p != nil {
-		c.h.finish(c, p, present && c.wait(p))
-		r, handedOn = c.after()
+	if w != nil {
+		if r, handedOn = c.resumed(w); handedOn {
+			return
+		}
 	}
 	for r != nil {
 		if !c.h.respond(c, r) {
@@ -736,11 +761,6 @@ func (c *parked) readHead() (*http.Request, bool) {
 			return nil, false
 		}
 	}
-	// A head read whole with its first bytes (the usual case) reads the
-	// connection no more: no deadline to move then.
-	if buffered, _ := c.br.Peek(c.br.Buffered()); bytes.Index(buffered, crlfcrlf) < 0 {
-		c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
-	}
 	// net/http's tolerance for old clients, after a POST (as every request
 	// served here is): a CR or LF or two before the next request are
 	// skipped. They are not given back with the request.
@@ -751,6 +771,11 @@ func (c *parked) readHead() (*http.Request, bool) {
 	}
 	c.br.Discard(skip)
 	c.rec = c.rec[skip:]
+	// A head read whole with its first bytes (the usual case) reads the
+	// connection no more: no deadline to move then.
+	if buffered, _ := c.br.Peek(c.br.Buffered()); bytes.Index(buffered, crlfcrlf) < 0 {
+		c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
+	}
 	req, err := http.ReadRequest(c.br)
 	switch {
 	case err == nil:

@@ -300,6 +300,8 @@ func TestTakenOverConnectionLimits(t *testing.T) {
 		{"head too large", request("POST", "/comet", ContentType, "registration=a", "X-Big: "+strings.Repeat("b", 8000)), 431},
 		{"malformed head", "POST /comet HTTP/1.1\r\nHost test\r\n\r\n", 400},
 		{"head too slow", "POST /comet HTTP/1.1\r\nHost: test\r\n", 0},
+		// The blank lines net/http skips are no end of a head.
+		{"head too slow after blank lines", "\r\n\r\nPOST /comet HTTP/1.1\r\nHost: test\r\n", 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := e.dial()
@@ -775,5 +777,45 @@ func TestNextPollsAreReadByTheTakenOverConnection(t *testing.T) {
 	}
 	if n := e.hijacks.Load(); n != 1 {
 		t.Fatalf("%d hijacks for 21 polls on one connection, want 1", n)
+	}
+}
+
+// A wake that is not for a connection parked between requests (here the
+// abort of set_timeout KILL, which wakes every taken-over connection)
+// parks it again: it holds no goroutine after, and serves its next poll.
+func TestIdleConnectionsStayParkedThroughAnAbort(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the park loop is Linux's")
+	}
+	bounded.Test(t, time.Minute)
+	const n = 100
+	e := newEnv(t, takeover, time.Hour, Options{})
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = e.dial()
+		e.park(conns[i]) // a poll answered: the connection now waits for its next request
+	}
+	theParkLoop()
+	own := func() int64 { return int64(runtime.NumGoroutine()) - resumersAlive.Load() }
+	before, parked := own(), parks.Load()
+	if err := e.state.SetTimeout(time.Hour, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every idle connection woken and parked again", func() bool { return parks.Load() >= parked+n })
+	if got := own(); got > before+n/10 {
+		t.Fatalf("%d goroutines after the abort, %d before: idle connections left on goroutines", got, before)
+	}
+	e.create("after")
+	for _, c := range conns {
+		c.send(pollRequest("registration=after"))
+	}
+	e.waitListeners("after", n)
+	if out := e.write("after", "m"); out.Delivered != n {
+		t.Fatalf("outcome %+v", out)
+	}
+	for _, c := range conns {
+		if r, _ := c.read(); r.status != 200 || r.body != "after:m" {
+			t.Fatalf("after the abort: %d %q", r.status, r.body)
+		}
 	}
 }
