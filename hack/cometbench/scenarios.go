@@ -347,7 +347,10 @@ func churn(name, cometBin string, p churnParams) (churnRow, error) {
 		}
 		row.HeldAfter = strconv.Itoa(held)
 		if c, ok := run.srv.(*cometTarget); ok {
-			// A leak would show as goroutines (one per parked connection).
+			// A leak would show as goroutines (one per parked connection),
+			// once the server's pooled goroutines, which end after a second
+			// idle, are gone.
+			time.Sleep(2 * time.Second)
 			n, err := c.goroutines()
 			if err != nil {
 				return row, err
