@@ -495,7 +495,9 @@ func (c *parked) resumed(w *wakeup) (*http.Request, bool) {
 		// hang-up, the idle timeout or a shutdown.
 		return c.next(), false
 	}
-	present := !w.hup && (!w.readable || c.takeByte())
+	// What the client sent, or its end, decides, as the one-byte read did:
+	// a poll it pipelined before half-closing keeps it present.
+	present := !(w.readable || w.hup) || c.takeByte()
 	// Woken by an edge that a read already took: park again.
 	if w.readable && present && len(c.pending) == 0 && !c.over(w.p) && c.parkIn(w.p) {
 		return nil, true

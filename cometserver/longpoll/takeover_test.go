@@ -795,8 +795,20 @@ func TestIdleConnectionsStayParkedThroughAnAbort(t *testing.T) {
 		conns[i] = e.dial()
 		e.park(conns[i]) // a poll answered: the connection now waits for its next request
 	}
-	theParkLoop()
 	own := func() int64 { return int64(runtime.NumGoroutine()) - resumersAlive.Load() }
+	waitFor(t, "every connection parked between requests", func() bool {
+		e.h.mu.Lock()
+		defer e.h.mu.Unlock()
+		for c := range e.h.parked {
+			c.mu.Lock()
+			state := c.state
+			c.mu.Unlock()
+			if state != inLoop {
+				return false
+			}
+		}
+		return len(e.h.parked) == n
+	})
 	before, parked := own(), parks.Load()
 	if err := e.state.SetTimeout(time.Hour, true); err != nil {
 		t.Fatal(err)
@@ -817,5 +829,32 @@ func TestIdleConnectionsStayParkedThroughAnAbort(t *testing.T) {
 		if r, _ := c.read(); r.status != 200 || r.body != "after:m" {
 			t.Fatalf("after the abort: %d %q", r.status, r.body)
 		}
+	}
+}
+
+// A client that pipelines a second poll and then half-closes, while its
+// first poll waits parked, still gets the first poll's answer, as from
+// net/http: the end comes after a request, which keeps the client there.
+func TestPipelinedPollThenHalfCloseWhileParked(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Hour, Options{})
+	e.create("a")
+	e.create("b")
+	c := e.dial()
+	e.park(c)
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	c.send(pollRequest("registration=b"))
+	c.c.(*net.TCPConn).CloseWrite()
+	// Time for the server to take the half-close wrongly for a hang-up.
+	time.Sleep(300 * time.Millisecond)
+	if out := e.write("a", "m"); out.Delivered != 1 {
+		t.Fatalf("outcome %+v: the waiting poll was dropped", out)
+	}
+	if r, _ := c.read(); r.status != 200 || r.body != "a:m" {
+		t.Fatalf("first poll: %d %q", r.status, r.body)
+	}
+	if !c.closedByServer() {
+		t.Fatal("connection left open after the client's end")
 	}
 }
