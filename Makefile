@@ -40,6 +40,7 @@ vet: ## Run go vet and check formatting.
 	go vet ./...
 	go vet -tags e2e ./test/e2e/
 	go -C hack/cometbench vet ./...
+	go -C hack/images vet ./...
 	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: docs
@@ -50,6 +51,7 @@ docs: ## Regenerate the README's table of chart values from values.yaml.
 test: manifests generate vet envtest tools chromium redis ## Run every test with the race detector: controller and chart on a real API server, comet.js in real Chromium, Redis tests on real redis-server.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-binaries.sh)" go test -race -count=1 ./...
 	go -C hack/cometbench test -race -count=1 ./...
+	go -C hack/images test -race -count=1 ./...
 
 .PHONY: test-all
 test-all: ## The whole suite: make test, then make e2e on a real local cluster (root).
@@ -91,7 +93,7 @@ run-cometserver: ## Run the comet server alone with its demo page on http://127.
 
 .PHONY: images
 images: ## Build the operator and comet server image tarballs into bin/images (no Docker needed).
-	go run ./hack/images --version $(VERSION) --repo $(IMAGE_REPO) --out $(BIN)/images
+	go -C hack/images run . --root $(CURDIR) --version $(VERSION) --repo $(IMAGE_REPO) --out $(BIN)/images
 
 .PHONY: helm-lint
 helm-lint: tools ## Lint the chart and run its helm-unittest suites.
