@@ -470,9 +470,14 @@ func TestCreateMakesObjects(t *testing.T) {
 	if scale.Spec.Replicas != 1 || scale.Status.Selector != got.Status.Selector {
 		t.Fatalf("scale %+v", scale)
 	}
-	scale.Spec.Replicas = 0
-	if err := k8s.SubResource("scale").Update(ctx, got, client.WithSubResourceBody(scale)); err != nil {
+	// kubectl scale patches the subresource rather than updating it, so a
+	// status write by the controller in between cannot make it conflict.
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"spec":{"replicas":0}}`))
+	if err := k8s.SubResource("scale").Patch(ctx, got, patch, client.WithSubResourceBody(scale)); err != nil {
 		t.Fatal(err)
+	}
+	if scale.Spec.Replicas != 0 {
+		t.Fatalf("scale after the patch %+v", scale)
 	}
 	eventually(t, "deployment scaled to 0", func() error {
 		if err := get(t, ns, "push", &dep); err != nil || *dep.Spec.Replicas != 0 {
