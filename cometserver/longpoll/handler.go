@@ -113,7 +113,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.takeOver(w, r) {
 		return
 	}
-	h.respond(&httpExchange{h: h, w: w, r: r}, r)
+	h.respond(&httpExchange{h: h, w: w, r: r}, fromHTTP(r, context.WithoutCancel(r.Context())))
+}
+
+// request is what respond needs of a comet request: from net/http's parse
+// (fromHTTP) or, for a taken-over connection's next poll, from its own
+// (head.go).
+type request struct {
+	method, contentType, origin string
+	preflightMethod             string // Access-Control-Request-Method
+	contentLength               int64  // -1: unknown
+	body                        io.Reader
+	// Not the request's cancellation: a taken-over request outlives the
+	// ServeHTTP call that parsed it, and net/http cancels r's context
+	// when it returns.
+	ctx context.Context
+}
+
+func fromHTTP(r *http.Request, ctx context.Context) *request {
+	return &request{
+		method:          r.Method,
+		contentType:     r.Header.Get("Content-Type"),
+		origin:          r.Header.Get("Origin"),
+		preflightMethod: r.Header.Get("Access-Control-Request-Method"),
+		contentLength:   r.ContentLength,
+		body:            r.Body,
+		ctx:             ctx,
+	}
 }
 
 // exchange is the connection a request came on, as respond uses it.
@@ -137,9 +163,9 @@ type exchange interface {
 
 // respond is the protocol, for one request on x. It reports false when x
 // parked the request, to be finished by whatever ends its wait.
-func (h *Handler) respond(x exchange, r *http.Request) bool {
+func (h *Handler) respond(x exchange, r *request) bool {
 	h.allowOrigin(x, r)
-	switch r.Method {
+	switch r.method {
 	case http.MethodPost:
 	case http.MethodOptions:
 		h.preflight(x, r)
@@ -149,14 +175,14 @@ func (h *Handler) respond(x exchange, r *http.Request) bool {
 		h.refuse(x, http.StatusMethodNotAllowed, "method not allowed: comet requests are POST")
 		return true
 	}
-	if mediaType(r.Header.Get("Content-Type")) != ContentType {
+	if mediaType(r.contentType) != ContentType {
 		h.refuse(x, http.StatusUnsupportedMediaType, "unsupported content type: want "+ContentType)
 		return true
 	}
 
 	// 1. Read and decode the registration.
 	x.bodyDeadline(time.Now().Add(h.o.ReadTimeout))
-	req, code, err := h.readRegistration(r.ContentLength, r.Body)
+	req, code, err := h.readRegistration(r.contentLength, r.body)
 	if err != nil {
 		h.refuse(x, code, err.Error())
 		return true
@@ -165,9 +191,7 @@ func (h *Handler) respond(x exchange, r *http.Request) bool {
 
 	// 2. Admission: activation, shutdown, and the cap on waiting requests.
 	// 3. Listen on the live channels; answer at once if there is none.
-	// Not r's cancellation: a taken-over request outlives the ServeHTTP
-	// call that parsed it, and net/http cancels r's context when it returns.
-	p, status := h.admit(context.WithoutCancel(r.Context()), req)
+	p, status := h.admit(r.ctx, req)
 	switch {
 	case status != 0:
 		h.refuse(x, status, "")
@@ -324,7 +348,10 @@ func (h *Handler) readRegistration(length int64, body io.Reader) (wire.Request, 
 			bodyPool.Put(buf)
 		}
 	}()
-	_, err := buf.ReadFrom(io.LimitReader(body, max+1))
+	if length < 0 { // a known length is read no further (bodyReader, net/http's body)
+		body = io.LimitReader(body, max+1)
+	}
+	_, err := buf.ReadFrom(body)
 	switch {
 	case err != nil:
 		return wire.Request{}, http.StatusBadRequest, fmt.Errorf("%w: %v", errUnreadable, err)
@@ -347,8 +374,8 @@ func errBodyTooLarge(max int64) error {
 }
 
 // allowOrigin sets the CORS headers when the request's Origin is allowed.
-func (h *Handler) allowOrigin(x exchange, r *http.Request) {
-	origin := r.Header.Get("Origin")
+func (h *Handler) allowOrigin(x exchange, r *request) {
+	origin := r.origin
 	if origin == "" || len(h.o.CORSOrigins) == 0 {
 		return
 	}
@@ -360,9 +387,9 @@ func (h *Handler) allowOrigin(x exchange, r *http.Request) {
 }
 
 // preflight answers a CORS preflight for the custom content type.
-func (h *Handler) preflight(x exchange, r *http.Request) {
+func (h *Handler) preflight(x exchange, r *request) {
 	hdr := x.header()
-	if r.Header.Get("Origin") == "" || r.Header.Get("Access-Control-Request-Method") == "" {
+	if r.origin == "" || r.preflightMethod == "" {
 		hdr.Set("Allow", "POST, OPTIONS")
 		x.reply(http.StatusNoContent, nil, false)
 		return

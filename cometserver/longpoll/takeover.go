@@ -247,7 +247,8 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	if rc, ok := conn.(*replayConn); ok && len(rc.replay) == 0 {
 		conn = rc.Conn // given back earlier, and its replay is read
 	}
-	c := &parked{h: h, conn: conn, path: r.URL.Path, handback: handback}
+	c := &parked{h: h, conn: conn, path: r.URL.Path, quick: quickPath(r.URL.Path), handback: handback,
+		ctx: context.WithoutCancel(r.Context())}
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw, c.loop = raw, theParkLoop()
@@ -257,10 +258,12 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	c.pending = append([]byte(nil), buffered...)
 	// After a hijack the request's body is no longer net/http's to read:
 	// it is read from the connection here.
-	r.Body = &bodyReader{r: connReader{c}, left: r.ContentLength}
+	c.req = *fromHTTP(r, c.ctx)
+	c.body = bodyReader{r: connReader{c}, left: r.ContentLength}
+	c.req.body = &c.body
 	c.bodyBuffered = int64(len(c.pending)) >= r.ContentLength
 	h.track(c)
-	go c.serve(r)
+	go c.serve(&c.req)
 	return true
 }
 
@@ -282,6 +285,10 @@ type parked struct {
 	h            *Handler
 	conn         net.Conn
 	path         string              // the path its polls must go to, to be served here
+	quick        bool                // path can be matched in a head's bytes (parseHead)
+	ctx          context.Context     // its requests', without the first one's cancellation
+	req          request             // the current request
+	body         bodyReader          // the current request's body
 	handback     func(net.Conn) bool // the Listener's giveBack
 	hdr          http.Header         // extra headers of the current reply (CORS)
 	pending      []byte              // read from conn, not yet parsed
@@ -485,7 +492,7 @@ type wakeup struct {
 // parked poll, or reads the next request, or parks again after a wake that
 // was not for it. It reports the next request and whether the connection
 // parked again.
-func (c *parked) resumed(w *wakeup) (*http.Request, bool) {
+func (c *parked) resumed(w *wakeup) (*request, bool) {
 	if w.p == nil {
 		// An abort, or a timer or an edge that came late: nothing new.
 		if !w.readable && !c.h.closing.Load() && time.Now().Before(c.idleUntil) && c.parkIn(nil) {
@@ -519,13 +526,13 @@ func (c *parked) arm(request bool, deadline time.Time) {
 
 // serve answers r, then the connection's next requests, until it closes,
 // goes back to net/http or parks a poll.
-func (c *parked) serve(r *http.Request) { c.run(r, nil) }
+func (c *parked) serve(r *request) { c.run(r, nil) }
 
 // run serves the connection on this goroutine: first what woke it, if it
 // was parked, then requests from r on, until the connection closes, goes
 // back to net/http, or parks, when its wake goes on from there. A panic is
 // logged and closes the connection, as net/http does with a handler's.
-func (c *parked) run(r *http.Request, w *wakeup) {
+func (c *parked) run(r *request, w *wakeup) {
 	handedOn := false // parked: c belongs to whoever resumes it
 	defer func() {
 		if !handedOn {
@@ -560,7 +567,7 @@ func (c *parked) run(r *http.Request, w *wakeup) {
 // after ends a request: it closes the connection, parks it until the
 // client sends more (parked true), or reads the next request, which it
 // returns if this connection serves it.
-func (c *parked) after() (next *http.Request, parked bool) {
+func (c *parked) after() (next *request, parked bool) {
 	c.releaseReader()
 	if c.done {
 		c.close()
@@ -718,27 +725,27 @@ func (c *parked) close() {
 // next reads the connection's next request. It returns it when this
 // connection serves it, or nil once the connection is closed or given back
 // to net/http.
-func (c *parked) next() *http.Request {
+func (c *parked) next() *request {
 	c.hdr, c.sentAhead = nil, false
 	req, ok := c.readHead()
 	if !ok {
 		return nil
 	}
-	if req == nil || !c.serves(req) {
+	if req == nil {
 		c.giveBack()
 		return nil
 	}
 	c.recording = false
-	c.bodyBuffered = int64(c.br.Buffered()) >= req.ContentLength
+	c.bodyBuffered = int64(c.br.Buffered()) >= req.contentLength
 	return req
 }
 
 // readHead waits, within the idle timeout, for the client's next request
 // and reads its head within the header limits, through a pooled reader
 // that goes on to serve the body. It returns nil and true for a head that
-// does not parse: net/http must read it again and answer it. On false the
-// connection is closed.
-func (c *parked) readHead() (*http.Request, bool) {
+// this connection does not serve, or that does not parse: net/http must
+// read it again and answer it. On false the connection is closed.
+func (c *parked) readHead() (*request, bool) {
 	c.br = readerPool.Get().(*bufio.Reader)
 	c.br.Reset(connReader{c})
 	c.rec, c.recording = c.rec[:0], true
@@ -774,20 +781,50 @@ func (c *parked) readHead() (*http.Request, bool) {
 	c.br.Discard(skip)
 	c.rec = c.rec[skip:]
 	// A head read whole with its first bytes (the usual case) reads the
-	// connection no more: no deadline to move then.
-	if buffered, _ := c.br.Peek(c.br.Buffered()); bytes.Index(buffered, crlfcrlf) < 0 {
+	// connection no more: no deadline to move then. And the usual poll's
+	// head is read in place (head.go).
+	buffered, _ := c.br.Peek(c.br.Buffered())
+	end := bytes.Index(buffered, crlfcrlf) + len(crlfcrlf)
+	if end >= len(crlfcrlf) && end <= c.h.o.MaxHeaderBytes && c.quick && !c.h.closing.Load() {
+		if q, ok := parseHead(buffered[:end], c.path); ok {
+			c.br.Discard(end)
+			return c.quickRequest(q), true
+		}
+	}
+	if end < len(crlfcrlf) {
 		c.arm(inRequest, time.Now().Add(c.h.o.ReadHeaderTimeout))
 	}
 	req, err := http.ReadRequest(c.br)
 	switch {
+	case err == nil && c.serves(req):
+		c.req = *fromHTTP(req, c.ctx)
+		return &c.req, true
 	case err == nil:
-		return req, true
+		return nil, true
 	case isCommonNetReadError(err): // net/http answers these with nothing either
 		c.releaseReader()
 		c.conn.Close()
 		return nil, false
 	}
 	return nil, true
+}
+
+// quickRequest is the request of a head that parseHead read.
+func (c *parked) quickRequest(q quickHead) *request {
+	contentType := ContentType // no copy for the usual value
+	if string(q.contentType) != ContentType {
+		contentType = string(q.contentType)
+	}
+	c.body = bodyReader{r: c.br, left: q.contentLength}
+	c.req = request{
+		method:        http.MethodPost,
+		contentType:   contentType,
+		origin:        string(q.origin),
+		contentLength: q.contentLength,
+		body:          &c.body,
+		ctx:           c.ctx,
+	}
+	return &c.req
 }
 
 // isCommonNetReadError is net/http's own test (server.go) of a read error

@@ -45,7 +45,7 @@ func (e *env) dial() *rawConn {
 }
 
 // request renders an HTTP/1.1 request with a Content-Length body.
-func request(method, path, contentType, body string, extra ...string) string {
+func rawRequest(method, path, contentType, body string, extra ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: test\r\n", method, path)
 	if contentType != "" {
@@ -58,7 +58,7 @@ func request(method, path, contentType, body string, extra ...string) string {
 	return b.String()
 }
 
-func pollRequest(body string) string { return request("POST", "/comet", ContentType, body) }
+func pollRequest(body string) string { return rawRequest("POST", "/comet", ContentType, body) }
 
 func (r *rawConn) send(s string) {
 	r.t.Helper()
@@ -220,7 +220,7 @@ func TestImmediateRepliesOnATakenOverConnection(t *testing.T) {
 			if e.parkedConns() != 1 {
 				t.Fatalf("%d parked connections, want 1", e.parkedConns())
 			}
-			c.send(request(tt.method, "/comet", tt.ct, tt.body))
+			c.send(rawRequest(tt.method, "/comet", tt.ct, tt.body))
 			r, closing := c.read()
 			tt.check(t, r)
 			switch {
@@ -264,12 +264,12 @@ func TestTakenOverConnectionKeepsServing(t *testing.T) {
 
 	// Another path and another method go back to net/http, on this
 	// connection, with their bodies intact.
-	c.send(request("GET", "/other", "", ""))
+	c.send(rawRequest("GET", "/other", "", ""))
 	if r, _ := c.read(); r.status != 200 || r.body != "other GET" {
 		t.Fatalf("handed-back GET: %d %q", r.status, r.body)
 	}
 	waitFor(t, "no parked connection after a hand-back", func() bool { return e.parkedConns() == 0 })
-	c.send(request("OPTIONS", "/comet", "", ""))
+	c.send(rawRequest("OPTIONS", "/comet", "", ""))
 	if r, _ := c.read(); r.status != 204 || r.header.Get("Allow") != "POST, OPTIONS" {
 		t.Fatalf("handed-back OPTIONS: %d %v", r.status, r.header)
 	}
@@ -277,7 +277,7 @@ func TestTakenOverConnectionKeepsServing(t *testing.T) {
 	if e.parkedConns() != 1 {
 		t.Fatalf("%d parked after parking again, want 1", e.parkedConns())
 	}
-	c.send(request("POST", "/comet", ContentType, "registration=a", "Expect: 100-continue"))
+	c.send(rawRequest("POST", "/comet", ContentType, "registration=a", "Expect: 100-continue"))
 	if r, _ := c.read(); r.status != 100 {
 		t.Fatalf("Expect: 100-continue: %d, want 100 from net/http", r.status)
 	}
@@ -297,7 +297,7 @@ func TestTakenOverConnectionLimits(t *testing.T) {
 		name, send string
 		status     int // 0: closed without a reply
 	}{
-		{"head too large", request("POST", "/comet", ContentType, "registration=a", "X-Big: "+strings.Repeat("b", 8000)), 431},
+		{"head too large", rawRequest("POST", "/comet", ContentType, "registration=a", "X-Big: "+strings.Repeat("b", 8000)), 431},
 		{"malformed head", "POST /comet HTTP/1.1\r\nHost test\r\n\r\n", 400},
 		{"head too slow", "POST /comet HTTP/1.1\r\nHost: test\r\n", 0},
 		// The blank lines net/http skips are no end of a head.
@@ -367,7 +367,7 @@ func TestTakenOverConnectionHandsBackWhatItDoesNotServe(t *testing.T) {
 		name, request, proto string
 	}{
 		{"HTTP/1.0", strings.Replace(pollRequest("registration=a"), "HTTP/1.1", "HTTP/1.0", 1), "HTTP/1.0"},
-		{"Connection: close", request("POST", "/comet", ContentType, "registration=a", "Connection: close"), "HTTP/1.1"},
+		{"Connection: close", rawRequest("POST", "/comet", ContentType, "registration=a", "Connection: close"), "HTTP/1.1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := e.dial()
@@ -402,7 +402,7 @@ func TestBytesSentWhileWaiting(t *testing.T) {
 	c := e.dial()
 	c.send(pollRequest("registration=a"))
 	e.waitListeners("a", 1)
-	next := request("GET", "/other", "", "")
+	next := rawRequest("GET", "/other", "", "")
 	for _, b := range []byte(next) { // byte by byte, each read on its own
 		c.send(string(b))
 	}
@@ -561,7 +561,7 @@ func TestTakenOverConnectionReadsHeadsAsNetHTTP(t *testing.T) {
 	if r, closing := c.read(); r.status != 200 || r.body != "gone:ENDED_CHANNEL" || closing {
 		t.Fatalf("a head in two pieces: %d %q (close %v)", r.status, r.body, closing)
 	}
-	c.send(request("POST", "/comet", ContentType, "registration=gone", "X-Big: "+strings.Repeat("b", 8000)))
+	c.send(rawRequest("POST", "/comet", ContentType, "registration=gone", "X-Big: "+strings.Repeat("b", 8000)))
 	if r, closing := c.read(); r.status != 200 || closing {
 		t.Fatalf("an 8 KB head under the default limit: %d (close %v)", r.status, closing)
 	}
@@ -741,14 +741,14 @@ func TestCORSOnATakenOverConnection(t *testing.T) {
 	e.create("a")
 	c := e.dial()
 	origin := "Origin: https://app.example"
-	c.send(request("POST", "/comet", ContentType, "registration=a", origin))
+	c.send(rawRequest("POST", "/comet", ContentType, "registration=a", origin))
 	e.waitListeners("a", 1)
 	waitFor(t, "the poll taken over", func() bool { return e.parkedConns() == 1 })
 	e.write("a", "m")
 	if r, _ := c.read(); r.body != "a:m" || r.header.Get("Access-Control-Allow-Origin") != "https://app.example" {
 		t.Fatalf("a waited poll: %q %v", r.body, r.header)
 	}
-	c.send(request("POST", "/comet", ContentType, "registration=gone", origin))
+	c.send(rawRequest("POST", "/comet", ContentType, "registration=gone", origin))
 	if r, _ := c.read(); r.status != 200 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example" || r.header.Get("Vary") != "Origin" {
 		t.Fatalf("a request read on the taken-over connection: %d %v", r.status, r.header)
 	}
