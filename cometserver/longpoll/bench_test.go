@@ -135,7 +135,10 @@ func BenchmarkPollCycle(b *testing.B) {
 				reply := poll()
 				waiting(reply)
 				out, pos, err := reg.Write(context.Background(), "c", []byte(`{"price":42}`))
-				if err != nil || out.Delivered != 1 {
+				// A write that comes while a resuming poll still reads the
+				// history reaches it through the history, untracked: the
+				// outcome then counts no delivery, and the reply tells.
+				if err != nil || out.Failed != 0 || out.Delivered != 1 && !(resume && out.Delivered == 0) {
 					b.Fatalf("outcome %+v, %v", out, err)
 				}
 				if got := <-reply; !strings.Contains(got, "c:%7B%22price%22%3A42%7D") {

@@ -197,9 +197,11 @@ func (h *Handler) respond(x exchange, r *request) bool {
 		h.refuse(x, status, "")
 		return true
 	case p.waiter == nil:
-		body, _ := h.answer(p)
+		buf := replyBodies.Get().(*[]byte)
+		body, _ := h.answer(p, (*buf)[:0])
 		h.o.Metrics.Reply(http.StatusOK)
 		x.reply(http.StatusOK, body, false)
+		putReplyBody(buf, body)
 		return true
 	}
 
@@ -228,9 +230,23 @@ func (h *Handler) finish(x exchange, p *poll, present bool) {
 	}
 
 	// 5. Stop listening and answer with everything gathered meanwhile.
-	body, messages := h.answer(p)
+	buf := replyBodies.Get().(*[]byte)
+	body, messages := h.answer(p, (*buf)[:0])
 	h.o.Metrics.Reply(http.StatusOK)
 	channels.Resolve(messages, x.reply(http.StatusOK, body, false))
+	putReplyBody(buf, body)
+}
+
+// replyBodies hold replies' bodies while they are written: an exchange's
+// reply copies the body out (into the connection's write, or net/http's
+// buffer) before it returns.
+var replyBodies = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func putReplyBody(buf *[]byte, body []byte) {
+	if cap(body) <= 16<<10 { // keep the pool small; big replies are rare
+		*buf = body
+		replyBodies.Put(buf)
+	}
 }
 
 // refuse answers with status and a one-line reason (none for 503), then
@@ -285,15 +301,17 @@ func (h *Handler) admit(ctx context.Context, req wire.Request) (*poll, int) {
 	return p, 0
 }
 
-// answer stops p listening and returns its reply: the ended identifiers
+// answer stops p listening and appends its reply to dst: the ended identifiers
 // (in registration order), then for a resuming poll the gaps (the same
 // order), the messages (in write order), then for a resuming poll each
 // live channel's position after them. The caller must Resolve the
 // messages with the fate of the reply.
-func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
+func (h *Handler) answer(p *poll, dst []byte) (body []byte, messages []channels.Event) {
 	ended := p.ended
 	if p.waiter != nil {
-		for _, ev := range p.waiter.Detach() {
+		events := p.waiter.Detach() // ours now: filtered in place
+		messages = events[:0]
+		for _, ev := range events {
 			if ev.Ended {
 				ended = append(ended, ev.ID)
 			} else {
@@ -301,7 +319,8 @@ func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
 			}
 		}
 	}
-	lines := make([]wire.Line, 0, len(ended)+len(messages))
+	var few [8]wire.Line // on the stack for the usual reply
+	lines := few[:0]
 	for _, id := range p.ids {
 		if slices.Contains(ended, id) {
 			lines = append(lines, wire.Line{ID: id, Ended: true})
@@ -324,7 +343,7 @@ func (h *Handler) answer(p *poll) (body []byte, messages []channels.Event) {
 			}
 		}
 	}
-	return wire.AppendReply(nil, lines), messages
+	return wire.AppendReply(dst, lines), messages
 }
 
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}

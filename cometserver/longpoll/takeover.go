@@ -249,6 +249,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	}
 	c := &parked{h: h, conn: conn, path: r.URL.Path, quick: quickPath(r.URL.Path), handback: handback,
 		ctx: context.WithoutCancel(r.Context())}
+	c.wakeFn = c.wake
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw, c.loop = raw, theParkLoop()
@@ -300,6 +301,7 @@ type parked struct {
 	sentAhead    bool                // the client sent more while a poll waited
 	done         bool                // the connection closes after this reply
 	writeUntil   time.Time           // the write deadline set last
+	wakeFn       func()              // c.wake, made once: a method value allocates at each use
 	mu           sync.Mutex          // guards inRequest, the read deadline and the park state
 	inRequest    bool                // a request is being read: wakes must not cut it
 
@@ -414,14 +416,14 @@ func (c *parked) parkIn(p *poll) bool {
 		deadline = p.deadline
 	}
 	if c.timer == nil {
-		c.timer = time.AfterFunc(time.Until(deadline), c.wake)
+		c.timer = time.AfterFunc(time.Until(deadline), c.wakeFn)
 	} else {
 		c.timer.Reset(time.Until(deadline))
 	}
 	c.mu.Unlock()
 	// From here on c may be resumed, and belongs to that goroutine.
 	if p != nil {
-		p.waiter.OnReady(c.wake)
+		p.waiter.OnReady(c.wakeFn)
 		if closed(p.abort) || c.h.closing.Load() { // came before the park: wakeAll found it running
 			c.wake()
 		}
@@ -601,7 +603,7 @@ func (c *parked) wait(p *poll) bool {
 	if c.over(p) { // a resumed poll, usually: no deadline to move
 		return true
 	}
-	p.waiter.OnReady(c.wake)
+	p.waiter.OnReady(c.wakeFn)
 	for {
 		c.arm(awaiting, p.deadline)
 		if c.over(p) {
