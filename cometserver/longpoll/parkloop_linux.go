@@ -3,6 +3,8 @@ package longpoll
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -159,4 +161,24 @@ func (c *parked) takeByte() bool {
 		return true
 	}
 	return false
+}
+
+// readNow reads what the socket holds without waiting: errWouldBlock if
+// it holds nothing. Through Control, not RawConn.Read: a read deadline
+// left from an earlier wait, passed or not, must not decide it.
+func (c *parked) readNow(b []byte) (int, error) {
+	var n int
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) { n, err = unix.Read(int(fd), b) }); cerr != nil {
+		return 0, cerr
+	}
+	switch {
+	case n > 0:
+		return n, nil
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.conn.LocalAddr(), Addr: c.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+	}
+	return 0, io.EOF
 }

@@ -8,6 +8,7 @@ type parkLoop struct{}
 
 var theParkLoop = func() *parkLoop { return nil }
 
-func (*parkLoop) watch(int, *parked) error { panic("longpoll: no park loop on this platform") }
-func (*parkLoop) forget(*parked, int)      {}
-func (c *parked) takeByte() bool           { return true }
+func (*parkLoop) watch(int, *parked) error    { panic("longpoll: no park loop on this platform") }
+func (*parkLoop) forget(*parked, int)         {}
+func (c *parked) takeByte() bool              { return true }
+func (c *parked) readNow([]byte) (int, error) { return 0, errWouldBlock }

@@ -22,6 +22,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/security"
+	"github.com/cometop/comet-operator/cometserver/wire"
 	"github.com/cometop/comet-operator/test/bounded"
 )
 
@@ -856,5 +857,66 @@ func TestPipelinedPollThenHalfCloseWhileParked(t *testing.T) {
 	}
 	if !c.closedByServer() {
 		t.Fatal("connection left open after the client's end")
+	}
+}
+
+// The timer of a parked connection moves only earlier (armTimer): when it
+// fires for a wait that is no longer the current one, it sets itself for
+// the rest of the current wait. A poll answered at once leaves the timer
+// at its 400 ms deadline; the connection, parked idle, must outlive it and
+// close at the 3 s idle timeout. A parked poll must still time out at its
+// own deadline, its connection then close at the idle timeout too.
+func TestParkedTimerFollowsEachWait(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, 400*time.Millisecond, Options{IdleTimeout: 3 * time.Second})
+	e.create("a")
+	closesWhenIdle := func(c *rawConn, from time.Time) {
+		t.Helper()
+		if !openFor(c, 1500*time.Millisecond) {
+			t.Fatal("the idle connection closed before its idle timeout")
+		}
+		if !c.closedByServer() {
+			t.Fatal("the idle connection was not closed")
+		}
+		if idle := time.Since(from); idle < 2500*time.Millisecond {
+			t.Fatalf("closed after %v idle, want the 3s idle timeout", idle)
+		}
+	}
+	c := e.dial()
+	e.park(c) // the timer is now set for that poll's deadline
+	closesWhenIdle(c, time.Now())
+
+	c = e.dial()
+	parked := parks.Load()
+	start := time.Now()
+	c.send(pollRequest("registration=a"))
+	r, _ := c.read()
+	if took := time.Since(start); r.status != 200 || r.body != "" || took < 350*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("a poll with nothing to say: %d %q after %v, want 200 and nothing after its 400ms timeout", r.status, r.body, took)
+	}
+	if parks.Load() == parked {
+		t.Fatal("the poll did not wait parked")
+	}
+	closesWhenIdle(c, time.Now())
+}
+
+// A connection the loop wakes reads the next request without waiting
+// first (readNow); a head that came only in part then waits, under its
+// deadline, for the rest.
+func TestHeadInPiecesAfterAnIdlePark(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	c := e.dial()
+	parked := parks.Load()
+	e.park(c)
+	waitFor(t, "the connection parked idle", func() bool { return parks.Load() >= parked+2 })
+	poll := pollRequest("registration=gone")
+	c.send(poll[:2])
+	time.Sleep(100 * time.Millisecond)
+	c.send(poll[2:20])
+	time.Sleep(100 * time.Millisecond)
+	c.send(poll[20:])
+	if r, closing := c.read(); r.status != 200 || r.body != "gone:"+wire.EndedChannel || closing {
+		t.Fatalf("a poll sent in pieces: %d %q (close %v)", r.status, r.body, closing)
 	}
 }
