@@ -17,6 +17,7 @@ targets=(
 	cometserver/engine:FuzzParsePosition
 	cometserver/admin:FuzzParse
 	cometserver/admin:FuzzParseSeconds
+	cometserver/longpoll:FuzzParseHead
 	cometserver/longpoll:FuzzDifferential
 )
 for t in "${targets[@]}"; do

@@ -346,7 +346,15 @@ func (h *Handler) answer(p *poll, dst []byte) (body []byte, messages []channels.
 	return wire.AppendReply(dst, lines), messages
 }
 
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// bodyPool holds buffers for registration bodies, each with the limit
+// reader that bounds the read (pooled too: one made per request would be
+// an allocation per delivery).
+var bodyPool = sync.Pool{New: func() any { return new(bodyBuffer) }}
+
+type bodyBuffer struct {
+	bytes.Buffer
+	limit io.LimitedReader
+}
 
 // errUnreadable marks a body that could not be read to its end.
 var errUnreadable = errors.New("cannot read body")
@@ -360,17 +368,18 @@ func (h *Handler) readRegistration(length int64, body io.Reader) (wire.Request, 
 		return wire.Request{}, http.StatusRequestEntityTooLarge, errBodyTooLarge(max)
 	}
 	// A pooled buffer: the identifiers are copied out of it.
-	buf := bodyPool.Get().(*bytes.Buffer)
+	buf := bodyPool.Get().(*bodyBuffer)
 	defer func() {
 		if buf.Cap() <= 64<<10 {
 			buf.Reset()
 			bodyPool.Put(buf)
 		}
 	}()
-	if length < 0 { // a known length is read no further (bodyReader, net/http's body)
-		body = io.LimitReader(body, max+1)
-	}
-	_, err := buf.ReadFrom(body)
+	// Bounded even with a known length: a middleware may have swapped the
+	// body for one that reads on (a decompressor, say).
+	buf.limit = io.LimitedReader{R: body, N: max + 1}
+	_, err := buf.ReadFrom(&buf.limit)
+	buf.limit.R = nil
 	switch {
 	case err != nil:
 		return wire.Request{}, http.StatusBadRequest, fmt.Errorf("%w: %v", errUnreadable, err)

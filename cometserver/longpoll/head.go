@@ -39,7 +39,9 @@ func parseHead(b []byte, path string) (h quickHead, ok bool) {
 		string(line[len("POST "):len(line)-len(" HTTP/1.1")]) != path {
 		return h, false
 	}
-	hosts, lengths := 0, 0
+	// Counted, not tested for nil: an empty first value (Trim gives nil)
+	// is the one net/http's Header.Get returns, not a later one.
+	hosts, lengths, types, origins := 0, 0, 0, 0
 	for {
 		if line, rest, ok = bytes.Cut(rest, crlf); !ok {
 			return h, false
@@ -81,11 +83,11 @@ func parseHead(b []byte, path string) (h quickHead, ok bool) {
 				h.contentLength = h.contentLength*10 + int64(c-'0')
 			}
 		case asciiFold(name, "Content-Type"):
-			if h.contentType == nil {
+			if types++; types == 1 {
 				h.contentType = value[:len(value):len(value)]
 			}
 		case asciiFold(name, "Origin"):
-			if h.origin == nil {
+			if origins++; origins == 1 {
 				h.origin = value[:len(value):len(value)]
 			}
 		case asciiFold(name, "Connection"):

@@ -45,6 +45,7 @@ func TestParseHeadReadsWhatNetHTTPReads(t *testing.T) {
 		"an empty value":                "POST /comet HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nContent-Type:\r\n\r\n",
 		"Connection: Keep-Alive":        "POST /comet HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n",
 		"two Content-Types, first wins": "POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type: a/b\r\ncontent-type: c/d\r\n\r\n",
+		"an empty Content-Type first":   "POST /comet HTTP/1.1\r\nHost: x\r\nContent-Type:\r\nContent-Type: a/b\r\nOrigin: \t\r\nOrigin: o\r\n\r\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			q, ok := parseHead([]byte(head), "/comet")

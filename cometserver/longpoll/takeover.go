@@ -248,7 +248,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 		conn = rc.Conn // given back earlier, and its replay is read
 	}
 	c := &parked{h: h, conn: conn, path: r.URL.Path, quick: quickPath(r.URL.Path), handback: handback,
-		ctx: context.WithoutCancel(r.Context())}
+		ctx: context.Background()}
 	c.wakeFn = c.wake
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -259,7 +259,7 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	c.pending = append([]byte(nil), buffered...)
 	// After a hijack the request's body is no longer net/http's to read:
 	// it is read from the connection here.
-	c.req = *fromHTTP(r, c.ctx)
+	c.req = *fromHTTP(r, context.WithoutCancel(r.Context()))
 	c.body = bodyReader{r: connReader{c}, left: r.ContentLength}
 	c.req.body = &c.body
 	c.bodyBuffered = int64(len(c.pending)) >= r.ContentLength
@@ -287,7 +287,7 @@ type parked struct {
 	conn         net.Conn
 	path         string              // the path its polls must go to, to be served here
 	quick        bool                // path can be matched in a head's bytes (parseHead)
-	ctx          context.Context     // its requests', without the first one's cancellation
+	ctx          context.Context     // its later requests', as http.ReadRequest gives them: none of the first one's values
 	req          request             // the current request
 	body         bodyReader          // the current request's body
 	handback     func(net.Conn) bool // the Listener's giveBack
