@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -924,5 +925,49 @@ func TestHeadInPiecesAfterAnIdlePark(t *testing.T) {
 	c.send(poll[20:])
 	if r, closing := c.read(); r.status != 200 || r.body != "gone:"+wire.EndedChannel || closing {
 		t.Fatalf("a poll sent in pieces: %d %q (close %v)", r.status, r.body, closing)
+	}
+}
+
+// A parked connection gives its serving state (reader, request, body,
+// head record) back to the pool: a waiting poll, and an idle connection,
+// hold none of it, and the connection itself stays in a 256-byte size
+// class.
+func TestParkedConnectionHoldsNoServingState(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	idle, waiting := e.dial(), e.dial()
+	e.park(idle)
+	e.park(waiting)
+	waiting.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	waitFor(t, "both connections parked", func() bool {
+		e.h.mu.Lock()
+		defer e.h.mu.Unlock()
+		n := 0
+		for c := range e.h.parked {
+			c.mu.Lock()
+			if c.state == inLoop {
+				n++
+			}
+			c.mu.Unlock()
+		}
+		return n == 2
+	})
+	e.h.mu.Lock()
+	for c := range e.h.parked {
+		c.mu.Lock()
+		if c.state == inLoop && (c.s != nil || c.br != nil) {
+			t.Errorf("a parked connection (waiting for a poll: %v) holds its serving state", c.waitFor != nil)
+		}
+		c.mu.Unlock()
+	}
+	e.h.mu.Unlock()
+	if size := unsafe.Sizeof(parked{}); size > 256 {
+		t.Errorf("a parked connection takes %d bytes, over the 256-byte size class", size)
+	}
+	e.write("a", "m")
+	if r, _ := waiting.read(); r.status != 200 || r.body != "a:m" {
+		t.Fatalf("the parked poll after the check: %d %q", r.status, r.body)
 	}
 }
