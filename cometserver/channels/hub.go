@@ -5,8 +5,10 @@
 // One message's path, top to bottom: Hub.Write publishes it to the engine;
 // the engine gives it a position, keeps it, and hands it to the handler of
 // every process subscribed to the channel (Hub.HandlePublication here);
-// that hands it to each Waiter of the channel; each waiting request's
-// reply carries it and resolves its delivery.
+// that hands it to each Waiter of the channel; once the locks are let go,
+// Hub.Write wakes the waiters it reached (each is answered on the write's
+// goroutine where it can be); each waiting request's reply carries it and
+// resolves its delivery.
 package channels
 
 import (
@@ -112,6 +114,15 @@ func (h *Hub) Write(ctx context.Context, id string, msg []byte) (Outcome, engine
 	}
 	d := newDelivery()
 	pos, err := h.eng.Publish(ctx, id, msg, d)
+	// The waiters it reached, woken here rather than under the engine's
+	// and the channel's locks: each may be answered on this goroutine,
+	// which waits for their replies anyway, instead of waking one
+	// goroutine per waiter. Even on an error: the message may have
+	// reached them (the engine hands the tracker back before Publish
+	// returns, never after).
+	for _, wake := range d.wakes {
+		wake(true)
+	}
 	if err != nil {
 		return Outcome{}, engine.Position{}, err
 	}
@@ -269,7 +280,9 @@ func (h *Hub) release(l *local) {
 }
 
 // HandlePublication hands a publication to the channel's waiters here.
-// It implements engine.Handler.
+// It implements engine.Handler. The waiters it wakes are woken by the
+// write, for this process's own (Hub.Write), else here, once the
+// channel's lock is let go.
 func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 	h.mu.RLock()
 	l := h.local[id]
@@ -280,15 +293,27 @@ func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 	d, _ := pub.Tracker.(*delivery)
 	ev := Event{ID: id, Payload: pub.Payload, Pos: pub.Position, d: d}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.top = pub.Position
+	wakes := make([]func(bool), 0, len(l.listeners))
 	for w := range l.listeners {
 		if d != nil {
 			d.pending.Add(1)
 		}
-		if !w.push(ev) && d != nil {
+		ok, wake := w.push(ev)
+		if !ok && d != nil {
 			d.pending.Add(-1) // detached meanwhile, or had it: its reply will not carry it
 		}
+		if wake != nil {
+			wakes = append(wakes, wake)
+		}
+	}
+	l.mu.Unlock()
+	if d != nil {
+		d.wakes = wakes
+		return
+	}
+	for _, wake := range wakes {
+		wake(false)
 	}
 }
 
@@ -314,7 +339,9 @@ func (h *Hub) HandleEnd(id, epoch string) {
 	}
 	l.ended = true
 	for w := range l.listeners {
-		w.push(Event{ID: id, Ended: true})
+		if _, wake := w.push(Event{ID: id, Ended: true}); wake != nil {
+			wake(false)
+		}
 	}
 	clear(l.listeners)
 	l.mu.Unlock()

@@ -833,3 +833,43 @@ func TestEpochChangeLiveIsAGap(t *testing.T) {
 	}
 	Resolve(events, true)
 }
+
+// A write wakes the waiters it reached on its own goroutine once the
+// engine's and the channel's locks are let go (lockFree), so that a wake
+// may answer its request there; an end, under the locks, does not say so.
+// Here each wake reads the channel back through the hub, which under the
+// locks would never return.
+func TestWakesRunOnTheWriterWithoutLocks(t *testing.T) {
+	bounded.Test(t, 10*time.Second)
+	r := newTestHub(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer r.Stop()
+	r.Create("a")
+	const n = 3
+	wakes := make(chan bool, n) // each wake's lockFree
+	for range n {
+		w, _ := r.Subscribe([]string{"a"})
+		w.OnReady(func(lockFree bool) {
+			if lockFree {
+				r.Info("a") // takes the engine's and the channel's locks
+			}
+			wakes <- lockFree
+			Resolve(w.Detach(), true)
+		})
+	}
+	out, err := r.Write(bg, "a", []byte("m"))
+	if err != nil || out.Delivered != n {
+		t.Fatalf("outcome %+v, %v; want %d delivered", out, err, n)
+	}
+	for range n {
+		if !bounded.Recv(t, "a wake", 5*time.Second, wakes) {
+			t.Fatal("a write's wake ran as if under a lock")
+		}
+	}
+
+	w, _ := r.Subscribe([]string{"a"})
+	w.OnReady(func(lockFree bool) { wakes <- lockFree })
+	r.Close("a")
+	if bounded.Recv(t, "the end's wake", 5*time.Second, wakes) {
+		t.Fatal("an end's wake, under the channel's lock, said it held none")
+	}
+}

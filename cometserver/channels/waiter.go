@@ -29,7 +29,7 @@ type Waiter struct {
 	replayed int                // events[:replayed] came from histories
 	budget   int                // payload bytes the histories may still add
 	ready    chan struct{}      // gets a token when there is news
-	onReady  func()             // called, outside the lock, when there is news
+	onReady  func(bool)         // called, outside the lock, when there is news
 	inline   [1]Event           // most replies carry one event: no allocation for it in a broadcast
 }
 
@@ -69,8 +69,14 @@ func (w *Waiter) Subscribed() bool { return len(w.subs) > 0 }
 
 // OnReady arranges for f to be called when there is something to report,
 // or at once if there already is. It is for a waiter that cannot select
-// on Ready, such as a connection parked in a read; f must not block.
-func (w *Waiter) OnReady(f func()) {
+// on Ready, such as a connection parked with no goroutine.
+//
+// lockFree tells f whether its caller holds locks. Most often f runs on
+// the goroutine of the write that brought the news, after the engine's
+// locks are let go (lockFree true): f may then answer the request there,
+// as long as it never waits (on a slow client, say). Otherwise (an end,
+// another process's publication, news already there) it must not block.
+func (w *Waiter) OnReady(f func(lockFree bool)) {
 	w.mu.Lock()
 	news := w.news
 	if !news {
@@ -78,13 +84,13 @@ func (w *Waiter) OnReady(f func()) {
 	}
 	w.mu.Unlock()
 	if news {
-		f()
+		f(false)
 	}
 }
 
 // signal marks news, once, and returns the function to call outside the
 // lock. w.mu is held.
-func (w *Waiter) signal() func() {
+func (w *Waiter) signal() func(bool) {
 	if w.news {
 		return nil
 	}
@@ -108,12 +114,14 @@ func (w *Waiter) join(id string, top engine.Position) {
 }
 
 // push hands ev to the waiter unless it has detached or, resuming, already
-// has the message or stopped that channel's reply short.
-func (w *Waiter) push(ev Event) bool {
+// has the message or stopped that channel's reply short. It returns the
+// waiter's wake when this is its first news, for the caller to run once
+// its locks are let go.
+func (w *Waiter) push(ev Event) (bool, func(bool)) {
 	w.mu.Lock()
 	if w.detached {
 		w.mu.Unlock()
-		return false
+		return false, nil
 	}
 	if c := w.cursors[ev.ID]; c != nil {
 		switch {
@@ -122,7 +130,7 @@ func (w *Waiter) push(ev Event) bool {
 		case c.waiting: // the merge sorts these out
 		case c.truncated || c.pos.Covers(ev.Pos):
 			w.mu.Unlock()
-			return false
+			return false, nil
 		default:
 			if c.pos.Epoch != ev.Pos.Epoch {
 				// The channel's history was lost behind it (a shared
@@ -136,10 +144,7 @@ func (w *Waiter) push(ev Event) bool {
 	w.events = append(w.events, ev)
 	notify := w.signal()
 	w.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
-	return true
+	return true, notify
 }
 
 // merge adds what channel id's history holds after since to the reply.
@@ -236,7 +241,7 @@ func (w *Waiter) merge(id string, since engine.Position, hist engine.History) {
 	events = append(events, replay...)
 	w.replayed = len(events)
 	w.events = append(events, rest...)
-	var notify func()
+	var notify func(bool)
 	if len(w.events) > 0 || c.gap {
 		notify = w.signal()
 	}
@@ -247,7 +252,7 @@ func (w *Waiter) merge(id string, since engine.Position, hist engine.History) {
 		}
 	}
 	if notify != nil {
-		notify()
+		notify(false)
 	}
 }
 
@@ -297,6 +302,7 @@ type delivery struct {
 	delivered atomic.Int64
 	failed    atomic.Int64
 	done      chan struct{}
+	wakes     []func(bool) // of the waiters it reached: the writer runs them (Hub.Write)
 }
 
 func newDelivery() *delivery {

@@ -51,8 +51,9 @@ type Engine interface {
 	// Publish gives payload the channel's next position, keeps it in the
 	// history and hands it to the subscribers' handlers, in position
 	// order. tracker comes back in the Publication this process's handler
-	// receives (never to another process), and before Publish returns: the
-	// hub uses it to learn what became of the write. Publish keeps payload;
+	// receives (never to another process), and before Publish returns,
+	// never after, error or not: the hub uses it to learn what became of
+	// the write, and to wake its waiters. Publish keeps payload;
 	// the caller must not change it afterwards.
 	Publish(ctx context.Context, id string, payload []byte, tracker any) (Position, error)
 	// History returns what the channel holds after since (all it holds,

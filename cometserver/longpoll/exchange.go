@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/cometop/comet-operator/cometserver/channels"
 )
 
 // httpExchange is a request on net/http's own connection.
@@ -35,7 +37,12 @@ func (x *httpExchange) wait(p *poll) bool {
 	return true
 }
 
-func (x *httpExchange) reply(status int, body []byte, close bool) bool {
+func (x *httpExchange) reply(status int, body []byte, close bool, carried []channels.Event) {
+	channels.Resolve(carried, x.write(status, body, close))
+}
+
+// write writes the response, and reports whether it was flushed.
+func (x *httpExchange) write(status int, body []byte, close bool) bool {
 	rc := http.NewResponseController(x.w)
 	_ = rc.SetWriteDeadline(time.Now().Add(x.h.o.WriteTimeout))
 	if status == http.StatusNoContent { // an answered OPTIONS: headers only

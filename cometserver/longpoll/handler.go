@@ -157,8 +157,9 @@ type exchange interface {
 	// an abort. It reports false if the client left first.
 	wait(p *poll) bool
 	// reply writes a whole response, and closes the connection after it
-	// with close. It reports whether the response was flushed.
-	reply(status int, body []byte, close bool) bool
+	// with close. It resolves the messages it carries: delivered once the
+	// response is flushed, or not if it fails.
+	reply(status int, body []byte, close bool, carried []channels.Event)
 }
 
 // respond is the protocol, for one request on x. It reports false when x
@@ -200,7 +201,7 @@ func (h *Handler) respond(x exchange, r *request) bool {
 		buf := replyBodies.Get().(*[]byte)
 		body, _ := h.answer(p, (*buf)[:0])
 		h.o.Metrics.Reply(http.StatusOK)
-		x.reply(http.StatusOK, body, false)
+		x.reply(http.StatusOK, body, false, nil)
 		putReplyBody(buf, body)
 		return true
 	}
@@ -225,7 +226,7 @@ func (h *Handler) finish(x exchange, p *poll, present bool) {
 	if closed(p.abort) || h.closing.Load() { // it wins over a message that came at the same moment
 		channels.Resolve(p.waiter.Detach(), false)
 		h.o.Metrics.Reply(http.StatusServiceUnavailable)
-		x.reply(http.StatusServiceUnavailable, nil, h.draining())
+		x.reply(http.StatusServiceUnavailable, nil, h.draining(), nil)
 		return
 	}
 
@@ -233,7 +234,7 @@ func (h *Handler) finish(x exchange, p *poll, present bool) {
 	buf := replyBodies.Get().(*[]byte)
 	body, messages := h.answer(p, (*buf)[:0])
 	h.o.Metrics.Reply(http.StatusOK)
-	channels.Resolve(messages, x.reply(http.StatusOK, body, false))
+	x.reply(http.StatusOK, body, false, messages)
 	putReplyBody(buf, body)
 }
 
@@ -257,7 +258,7 @@ func (h *Handler) refuse(x exchange, status int, reason string) {
 	if status != http.StatusServiceUnavailable {
 		h.o.Logger.Debug("comet request refused", "status", status, "reason", reason)
 	}
-	x.reply(status, []byte(oneLine(reason)), true)
+	x.reply(status, []byte(oneLine(reason)), true, nil)
 }
 
 // poll is a registration admitted to wait.
@@ -419,7 +420,7 @@ func (h *Handler) preflight(x exchange, r *request) {
 	hdr := x.header()
 	if r.origin == "" || r.preflightMethod == "" {
 		hdr.Set("Allow", "POST, OPTIONS")
-		x.reply(http.StatusNoContent, nil, false)
+		x.reply(http.StatusNoContent, nil, false, nil)
 		return
 	}
 	if hdr.Get("Access-Control-Allow-Origin") == "" {
@@ -429,7 +430,7 @@ func (h *Handler) preflight(x exchange, r *request) {
 	hdr.Set("Access-Control-Allow-Methods", "POST")
 	hdr.Set("Access-Control-Allow-Headers", "Content-Type")
 	hdr.Set("Access-Control-Max-Age", "600")
-	x.reply(http.StatusNoContent, nil, false)
+	x.reply(http.StatusNoContent, nil, false, nil)
 }
 
 // mediaType returns a Content-Type's media type without parameters, as

@@ -47,7 +47,7 @@ func TestAbortWinsOverASimultaneousMessage(t *testing.T) {
 				e = newEnvWith(t, envConfig{mode: m, timeout: time.Hour, hub: func(h Subscriber) Subscriber {
 					return thenOnSubscribe{h, func(w *channels.Waiter) {
 						pushed := make(chan struct{})
-						w.OnReady(func() { close(pushed) })
+						w.OnReady(func(bool) { close(pushed) })
 						go func() {
 							out, _, err := e.reg.Write(context.Background(), "a", []byte("m"))
 							if err != nil {

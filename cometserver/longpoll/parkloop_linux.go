@@ -163,6 +163,29 @@ func (c *parked) takeByte() bool {
 	return false
 }
 
+// writeNow writes what the socket takes of b without waiting:
+// errWouldBlock if it takes nothing. Through Control, as readNow.
+func (c *parked) writeNow(b []byte) (int, error) {
+	var n int
+	var err error
+	if cerr := c.raw.Control(func(fd uintptr) {
+		for {
+			if n, err = unix.Write(int(fd), b); err != unix.EINTR {
+				return
+			}
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	switch {
+	case err == unix.EAGAIN:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.conn.LocalAddr(), Addr: c.conn.RemoteAddr(), Err: os.NewSyscallError("write", err)}
+	}
+	return n, nil
+}
+
 // readNow reads what the socket holds without waiting: errWouldBlock if
 // it holds nothing. Through Control, not RawConn.Read: a read deadline
 // left from an earlier wait, passed or not, must not decide it.

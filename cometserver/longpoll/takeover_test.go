@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/security"
@@ -969,5 +970,109 @@ func TestParkedConnectionHoldsNoServingState(t *testing.T) {
 	e.write("a", "m")
 	if r, _ := waiting.read(); r.status != 200 || r.body != "a:m" {
 		t.Fatalf("the parked poll after the check: %d %q", r.status, r.body)
+	}
+}
+
+// inLoop is how many connections are parked in the loop.
+func (e *env) inLoop() int {
+	e.h.mu.Lock()
+	defer e.h.mu.Unlock()
+	n := 0
+	for c := range e.h.parked {
+		c.mu.Lock()
+		if c.state == inLoop {
+			n++
+		}
+		c.mu.Unlock()
+	}
+	return n
+}
+
+// A publish answers the polls parked on its channel on its own goroutine,
+// once the engine's locks are let go: no goroutine is woken per delivery.
+func TestPublisherAnswersParkedPolls(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	const n = 20
+	e := newEnv(t, takeover, time.Hour, Options{})
+	e.create("a")
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = e.dial()
+		conns[i].send(pollRequest("registration=a"))
+	}
+	e.waitListeners("a", n)
+	waitFor(t, "every poll parked", func() bool { return e.inLoop() == n })
+	here, off := answeredHere.Load(), handOffs.Load()
+	if out := e.write("a", "m"); out.Delivered != n {
+		t.Fatalf("outcome %+v, want %d delivered", out, n)
+	}
+	for _, c := range conns {
+		if r, _ := c.read(); r.status != 200 || r.body != "a:m" {
+			t.Fatalf("reply %d %q", r.status, r.body)
+		}
+	}
+	if got := answeredHere.Load() - here; got != n {
+		t.Fatalf("%d polls answered on the publisher's goroutine, want %d", got, n)
+	}
+	if got := handOffs.Load() - off; got != 0 {
+		t.Fatalf("%d polls went on on a resumer, want none", got)
+	}
+	// And they park again, and serve the next poll.
+	for _, c := range conns {
+		c.send(pollRequest("registration=a"))
+	}
+	e.waitListeners("a", n)
+	if out := e.write("a", "again"); out.Delivered != n {
+		t.Fatalf("outcome %+v, want %d delivered", out, n)
+	}
+	for _, c := range conns {
+		if r, _ := c.read(); r.body != "a:again" {
+			t.Fatalf("second reply %q", r.body)
+		}
+	}
+}
+
+// A reply the socket does not take whole goes on on a resumer: the
+// publisher's goroutine never waits for a client. Here one client does not
+// read until the others have their whole reply, every reply is bigger than
+// the sockets' buffers hold, and the write timeout is far longer than the
+// test: a publisher that waited on the slow client would hold back the
+// replies it had not written yet.
+func TestPublisherNeverWaitsForAClient(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	const fast = 7
+	e := newEnv(t, takeover, time.Hour, Options{WriteTimeout: time.Minute})
+	e.create("a")
+	var conns []*rawConn
+	for range fast + 1 {
+		c := e.dial()
+		c.send(pollRequest("registration=a"))
+		conns = append(conns, c)
+	}
+	slow, quick := conns[0], conns[1:]
+	e.waitListeners("a", fast+1)
+	waitFor(t, "every poll parked", func() bool { return e.inLoop() == fast+1 })
+	msg := strings.Repeat("x", 4<<20)
+	off := handOffs.Load()
+	outcome := make(chan channels.Outcome, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _, _ := e.reg.Write(ctx, "a", []byte(msg))
+		outcome <- out
+	}()
+	for _, c := range quick {
+		if r, _ := c.read(); r.body != "a:"+msg {
+			t.Fatalf("a reading client's reply: %d bytes, want %d", len(r.body), len(msg)+2)
+		}
+	}
+	if r, _ := slow.read(); r.body != "a:"+msg {
+		t.Fatalf("the slow client's reply: %d bytes, want %d", len(r.body), len(msg)+2)
+	}
+	if out := bounded.Recv(t, "the outcome", 5*time.Second, outcome); out.Delivered != fast+1 || out.Failed != 0 {
+		t.Fatalf("outcome %+v, want %d delivered", out, fast+1)
+	}
+	if handOffs.Load() == off {
+		t.Fatal("no reply went on on a resumer")
 	}
 }
