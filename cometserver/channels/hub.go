@@ -120,9 +120,7 @@ func (h *Hub) Write(ctx context.Context, id string, msg []byte) (Outcome, engine
 	// goroutine per waiter. Even on an error: the message may have
 	// reached them (the engine hands the tracker back before Publish
 	// returns, never after).
-	for _, wake := range d.wakes {
-		wake(true)
-	}
+	wakeAll(d.wakes)
 	if err != nil {
 		return Outcome{}, engine.Position{}, err
 	}
@@ -280,9 +278,9 @@ func (h *Hub) release(l *local) {
 }
 
 // HandlePublication hands a publication to the channel's waiters here.
-// It implements engine.Handler. The waiters it wakes are woken by the
-// write, for this process's own (Hub.Write), else here, once the
-// channel's lock is let go.
+// It implements engine.Handler. The waiters it reached are woken with no
+// lock held: by the write, for this process's own (Hub.Write), else by one
+// goroutine for them all, since the engine's goroutine holds its lock.
 func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 	h.mu.RLock()
 	l := h.local[id]
@@ -310,10 +308,16 @@ func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 	l.mu.Unlock()
 	if d != nil {
 		d.wakes = wakes
-		return
+	} else if len(wakes) > 0 {
+		go wakeAll(wakes)
 	}
+}
+
+// wakeAll runs the wakes of the waiters one publication reached, on a
+// goroutine that holds no lock: each may answer its request there.
+func wakeAll(wakes []func(bool)) {
 	for _, wake := range wakes {
-		wake(false)
+		wake(true)
 	}
 }
 

@@ -873,3 +873,33 @@ func TestWakesRunOnTheWriterWithoutLocks(t *testing.T) {
 		t.Fatal("an end's wake, under the channel's lock, said it held none")
 	}
 }
+
+// Another process's publication comes on the engine's goroutine, under the
+// engine's lock: the waiters it reached are woken on a goroutine of their
+// own, with no lock held, rather than there.
+func TestOtherProcessesPublicationsWakeWithoutLocks(t *testing.T) {
+	bounded.Test(t, 10*time.Second)
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("a")
+	var engineLock sync.Mutex // stands for the engine's
+	wakes := make(chan bool, 1)
+	w, _ := r.Subscribe([]string{"a"})
+	w.OnReady(func(lockFree bool) {
+		engineLock.Lock() // never returns if called under it
+		engineLock.Unlock()
+		wakes <- lockFree
+	})
+	info, _ := r.Info("a")
+	pos, _ := engine.ParsePosition(info.Position)
+	pos.Offset++
+	engineLock.Lock()
+	r.HandlePublication("a", engine.Publication{Position: pos, Payload: []byte("m")}) // no tracker: not this process's
+	engineLock.Unlock()
+	if !bounded.Recv(t, "the wake", 5*time.Second, wakes) {
+		t.Fatal("the wake said it ran under a lock")
+	}
+	if ev := w.Detach(); len(ev) != 1 || string(ev[0].Payload) != "m" {
+		t.Fatalf("events %+v", ev)
+	}
+}
