@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -365,6 +366,10 @@ type publishing struct {
 }
 
 func (p *publishing) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	before, err := p.Engine.Info(ctx, id)
+	if err != nil {
+		return engine.History{}, err
+	}
 	write := func() {
 		go func() { // Write waits for the outcome, which the waiter resolves later
 			out, _, err := p.hub.Write(bg, id, []byte("during"))
@@ -375,7 +380,7 @@ func (p *publishing) History(ctx context.Context, id string, since *engine.Posit
 		}()
 		bounded.Wait(p.t, "the message in the engine", 5*time.Second, func() bool { // until the engine has it
 			info, err := p.Engine.Info(ctx, id)
-			return err == nil && info.Position.Offset == 2
+			return err == nil && info.Position.Offset == before.Position.Offset+1
 		})
 	}
 	if !p.after {
@@ -558,6 +563,7 @@ func TestFailedSubscribeResolvesWhatItGathered(t *testing.T) {
 	h.Create(bg, "bad")
 	bad, _ := h.Info(bg, "bad")
 	since, _ := engine.ParsePosition(bad.Position)
+	h.Write(bg, "bad", []byte("missed")) // so that the history must be read
 	_, _, err := h.Subscribe(bg, []string{"good", "bad"}, &Resume{From: map[string]engine.Position{"bad": since}})
 	if err == nil || !strings.Contains(err.Error(), "engine down") {
 		t.Fatalf("subscribe: %v", err)
@@ -717,43 +723,99 @@ func TestResumeFromAStaleHistoryStopsThere(t *testing.T) {
 	}
 }
 
-// A message that lands while a resuming subscription (at position 1)
-// reads the history is delivered once: from the history when it holds it
-// (the history's first message; the live copy is dropped and its write
-// does not count this reply), live when the history is off (and no gap is
-// said, since the client was at the top).
+// A message that lands while a resuming subscription (one message behind,
+// at position 1) reads the history is delivered once: from the history
+// when it holds it (the history's last message; the live copy is dropped
+// and its write does not count this reply), live when the history is off
+// (with a gap: the message before it is lost).
 func TestResumeMergeAtTheHistoryEdge(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
 	for _, tt := range []struct {
 		name   string
 		limits engine.Limits
+		events string
+		gap    bool
 		want   Outcome
 	}{
-		{"history on", engine.Limits{HistorySize: 10, HistoryTTL: time.Minute}, Outcome{}},
-		{"history off", engine.Limits{}, Outcome{Delivered: 1}},
+		{"history on", engine.Limits{HistorySize: 10, HistoryTTL: time.Minute}, "c:second@2 c:during@3", false, Outcome{}},
+		{"history off", engine.Limits{}, "c:during@3", true, Outcome{Delivered: 1}},
 	} {
 		eng := memory.New(tt.limits)
 		p, h := newPublishing(t, eng)
 		h.Create(bg, "c")
 		_, pos1, _ := h.Write(bg, "c", []byte("first"))
+		h.Write(bg, "c", []byte("second"))
 		w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
 		events := w.Detach()
-		if got := render(events); got != "c:during@2" {
-			t.Errorf("%s: events %q, want the message once", tt.name, got)
+		if got := render(events); got != tt.events {
+			t.Errorf("%s: events %q, want %q", tt.name, got, tt.events)
 		}
 		Resolve(events, true)
 		if out := bounded.Recv(t, "the outcome", 5*time.Second, p.done); out != tt.want {
 			t.Errorf("%s: outcome %+v, want %+v", tt.name, out, tt.want)
 		}
-		if pos, gap, ok := w.Cursor("c"); !ok || gap || pos.Offset != 2 {
-			t.Errorf("%s: cursor %v %v %v, want 2 without a gap", tt.name, pos, gap, ok)
+		if pos, gap, ok := w.Cursor("c"); !ok || gap != tt.gap || pos.Offset != 3 {
+			t.Errorf("%s: cursor %v %v %v, want 3, gap %v", tt.name, pos, gap, ok, tt.gap)
 		}
 		eng.Stop()
 	}
+}
+
+// countingHistory counts the history reads of an engine.
+type countingHistory struct {
+	engine.Engine
+	reads atomic.Int64
+}
+
+func (c *countingHistory) History(ctx context.Context, id string, since *engine.Position) (engine.History, error) {
+	c.reads.Add(1)
+	return c.Engine.History(ctx, id, since)
+}
+
+// A client that resumes from the last publication this process was handed
+// (one that keeps up) needs no history read, a round trip on a shared
+// engine: what comes next reaches it live. One behind reads the history.
+func TestResumeAtTheTopReadsNoHistory(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := &countingHistory{Engine: memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})}
+	defer eng.Stop()
+	h := New(eng)
+	h.Create(bg, "c")
+	_, pos1, _ := h.Write(bg, "c", []byte("first"))
+	// Subscribed here (the first waiter subscribes this process), at the top.
+	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	defer Resolve(keep.Detach(), false)
+	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := eng.reads.Load(); n != 0 {
+		t.Fatalf("%d history reads for a client at the top, want none", n)
+	}
+	go h.Write(bg, "c", []byte("next"))
+	bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
+	events := w.Detach()
+	if got := render(events); got != "c:next@2" {
+		t.Fatalf("events %q, want the next message", got)
+	}
+	Resolve(events, true)
+	if pos, gap, ok := w.Cursor("c"); !ok || gap || pos.Offset != 2 {
+		t.Fatalf("cursor %v %v %v, want 2 without a gap", pos, gap, ok)
+	}
+
+	w, _, err = h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Resolve(w.Detach(), false)
+	if n := eng.reads.Load(); n != 1 {
+		t.Fatalf("%d history reads for a client one behind, want 1", n)
+	}
+	bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
 }
 
 // create makes channels and returns their positions: before their first

@@ -113,6 +113,17 @@ func (w *Waiter) join(id string, top engine.Position) {
 	}
 }
 
+// joinedAt is where a resuming waiter joined channel id (see join), until
+// its history is merged.
+func (w *Waiter) joinedAt(id string) engine.Position {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c := w.cursors[id]; c != nil && c.waiting {
+		return c.pos
+	}
+	return engine.Position{}
+}
+
 // push hands ev to the waiter unless it has detached or, resuming, already
 // has the message or stopped that channel's reply short. It returns the
 // waiter's wake when this is its first news, for the caller to run once

@@ -204,7 +204,7 @@ func fanout(name, cometBin string, channelCount, subscribers int, rates []int, s
 	for _, rate := range rates {
 		meter := run.startCPU()
 		var profiled chan error
-		if c, ok := srv.(*cometTarget); ok && profileFile != "" && rate == profileRate {
+		if c := profiledServer(srv); c != nil && profileFile != "" && rate == profileRate {
 			profiled = make(chan error, 1)
 			go func() { profiled <- c.profile(step - time.Second) }()
 		}
@@ -470,3 +470,15 @@ func thousands(n int64) string {
 }
 
 func ms(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) + " ms" }
+
+// profiledServer is the comet server a profile is taken of: the target's
+// own, or a fleet's first (each gets a third of the load); nil for peers.
+func profiledServer(srv server) *cometTarget {
+	switch t := srv.(type) {
+	case *cometTarget:
+		return t
+	case *fleetTarget:
+		return t.servers[0]
+	}
+	return nil
+}
