@@ -105,6 +105,7 @@ func (l *parkLoop) run(raw syscall.RawConn) {
 		hup bool
 	}
 	var woken []news
+	var ready []*parked
 	for {
 		// Collect what is ready without waiting; with nothing, wait in
 		// Go's poller for the set to become readable.
@@ -131,9 +132,13 @@ func (l *parkLoop) run(raw syscall.RawConn) {
 			}
 		}
 		l.mu.Unlock()
+		ready = ready[:0]
 		for _, n := range woken { // outside l.mu: park holds c.mu while it adds
-			n.c.onEdge(n.hup)
+			if n.c.onEdge(n.hup) {
+				ready = append(ready, n.c)
+			}
 		}
+		resumeReady(ready)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -1075,4 +1076,116 @@ func TestPublisherNeverWaitsForAClient(t *testing.T) {
 	if handOffs.Load() == off {
 		t.Fatal("no reply went on on a resumer")
 	}
+}
+
+// takeFromLoop takes the connections of clients, parked idle, from the
+// loop, as it takes what it finds ready: a batch to serve by hand.
+func (e *env) takeFromLoop(clients ...*rawConn) []*parked {
+	e.t.Helper()
+	waitFor(e.t, "the connections parked idle", func() bool { return e.inLoop() >= len(clients) })
+	byClient := map[string]*parked{}
+	e.h.mu.Lock()
+	for c := range e.h.parked {
+		c.mu.Lock()
+		if c.state == inLoop {
+			c.state, c.readable = resuming, true
+			byClient[c.conn.RemoteAddr().String()] = c
+		}
+		c.mu.Unlock()
+	}
+	e.h.mu.Unlock()
+	var batch []*parked
+	for _, cl := range clients {
+		c := byClient[cl.c.LocalAddr().String()]
+		if c == nil {
+			e.t.Fatal("a connection was not parked")
+		}
+		batch = append(batch, c)
+	}
+	return batch
+}
+
+// A batch of connections the loop found ready is served on one goroutine,
+// and no client in it holds the others back: a head that came in part goes
+// on on a resumer of its own. Here the batch is taken from the loop and
+// served by hand, so that both connections are surely in it.
+func TestReadyBatchIsNotHeldByAHeadInPieces(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Minute, Options{})
+	e.create("a")
+	slow, quick := e.dial(), e.dial()
+	e.park(slow)
+	e.park(quick)
+	batch := e.takeFromLoop(slow, quick)
+	poll := pollRequest("registration=a")
+	slow.send(poll[:20])
+	quick.send(poll)
+	waitFor(t, "both sent", func() bool { return e.serverUnread(slow) == 20 && e.serverUnread(quick) == len(poll) })
+
+	served := make(chan struct{})
+	go func() {
+		resumeWork{ready: batch}.do()
+		close(served)
+	}()
+	bounded.Recv(t, "the batch served", 2*time.Second, served)
+	e.waitListeners("a", 1) // the quick client's poll waits
+	slow.send(poll[20:])
+	e.waitListeners("a", 2)
+	if out := e.write("a", "m"); out.Delivered != 2 {
+		t.Fatalf("outcome %+v, want both delivered", out)
+	}
+	for _, c := range []*rawConn{slow, quick} {
+		if r, _ := c.read(); r.status != 200 || r.body != "a:m" {
+			t.Fatalf("reply %d %q", r.status, r.body)
+		}
+	}
+}
+
+// slowSubscribe takes its time to subscribe to the channel "slow", as an
+// engine's round trip might.
+type slowSubscribe struct {
+	Subscriber
+	d time.Duration
+}
+
+func (h slowSubscribe) Subscribe(ctx context.Context, ids []string, r *channels.Resume) (*channels.Waiter, []string, error) {
+	if slices.Contains(ids, "slow") {
+		time.Sleep(h.d)
+	}
+	return h.Subscriber.Subscribe(ctx, ids, r)
+}
+
+// A connection of a batch that is slow to serve (an engine's round trip)
+// sends the rest of the batch to other goroutines: behind two such polls
+// of 1.5 s each, the third waits for one of them, not both.
+func TestReadyBatchSpillsPastASlowConnection(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	const slowFor = 1500 * time.Millisecond
+	e := newEnv(t, takeover, time.Minute, Options{}, func(s Subscriber) Subscriber { return slowSubscribe{s, slowFor} })
+	e.create("slow")
+	e.create("a")
+	clients := []*rawConn{e.dial(), e.dial(), e.dial()}
+	for _, c := range clients {
+		e.park(c)
+	}
+	batch := e.takeFromLoop(clients...)
+	polls := []string{"registration=slow", "registration=slow", "registration=a"}
+	for i, c := range clients {
+		c.send(pollRequest(polls[i]))
+	}
+	waitFor(t, "all sent", func() bool {
+		for i, c := range clients {
+			if e.serverUnread(c) != len(pollRequest(polls[i])) {
+				return false
+			}
+		}
+		return true
+	})
+	start := time.Now()
+	go resumeWork{ready: batch}.do()
+	e.waitListeners("a", 1)
+	if took := time.Since(start); took > slowFor+time.Second {
+		t.Fatalf("the third poll waited %v, behind both slow ones", took)
+	}
+	e.waitListeners("slow", 2)
 }
