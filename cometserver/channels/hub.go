@@ -167,9 +167,9 @@ func (h *Hub) Subscribe(ctx context.Context, ids []string, r *Resume) (w *Waiter
 		}
 		if w.joinedAt(l.id) == since {
 			// The client has everything up to the last publication handed
-			// here, and everything after reaches w live: no history to
-			// read (a round trip to a shared engine, at every poll of a
-			// client that keeps up).
+			// here (or the top the engine said, HandleTop), and everything
+			// after reaches w live: no history to read (a round trip to a
+			// shared engine, at every poll of a client that keeps up).
 			w.merge(l.id, since, engine.History{Top: since})
 			continue
 		}
@@ -298,9 +298,9 @@ func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 	}
 	d, _ := pub.Tracker.(*delivery)
 	ev := Event{ID: id, Payload: pub.Payload, Pos: pub.Position, d: d}
+	var wakes []func(bool)
 	l.mu.Lock()
 	l.top = pub.Position
-	wakes := make([]func(bool), 0, len(l.listeners))
 	for w := range l.listeners {
 		if d != nil {
 			d.pending.Add(1)
@@ -310,6 +310,9 @@ func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 			d.pending.Add(-1) // detached meanwhile, or had it: its reply will not carry it
 		}
 		if wake != nil {
+			if wakes == nil {
+				wakes = make([]func(bool), 0, len(l.listeners))
+			}
 			wakes = append(wakes, wake)
 		}
 	}
@@ -321,9 +324,19 @@ func (h *Hub) HandlePublication(id string, pub engine.Publication) {
 	}
 }
 
-// wakeAll runs the wakes of the waiters one publication reached, on a
-// goroutine that holds no lock: each may answer its request there.
+// wakeChunk is how many waiters one goroutine wakes in turn: a broadcast
+// to more spreads over goroutines, so over the processors, rather than
+// answering every request one after the other.
+const wakeChunk = 64
+
+// wakeAll runs the wakes of the waiters one publication reached, on
+// goroutines that hold no lock: each may answer its request there. The
+// caller's goroutine takes the first chunk.
 func wakeAll(wakes []func(bool)) {
+	for len(wakes) > wakeChunk {
+		go wakeAll(wakes[len(wakes)-wakeChunk:])
+		wakes = wakes[:len(wakes)-wakeChunk]
+	}
 	for _, wake := range wakes {
 		wake(true)
 	}
@@ -359,6 +372,22 @@ func (h *Hub) HandleEnd(id, epoch string) {
 	l.mu.Unlock()
 	l.gone.Store(true)
 	h.forget(l)
+}
+
+// HandleTop moves the channel's top here without a publication. It
+// implements engine.Handler: a client resuming from before it then reads
+// the history, which reports the gap, instead of being taken as up to date
+// (see Subscribe).
+func (h *Hub) HandleTop(id string, top engine.Position) {
+	h.mu.RLock()
+	l := h.local[id]
+	h.mu.RUnlock()
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.top = top
+	l.mu.Unlock()
 }
 
 // local is a channel as this process sees it: its waiters, and whether

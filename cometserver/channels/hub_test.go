@@ -788,7 +788,7 @@ func TestResumeAtTheTopReadsNoHistory(t *testing.T) {
 	_, pos1, _ := h.Write(bg, "c", []byte("first"))
 	// Subscribed here (the first waiter subscribes this process), at the top.
 	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
-	defer Resolve(keep.Detach(), false)
+	defer func() { Resolve(keep.Detach(), false) }()
 	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
 	if err != nil {
 		t.Fatal(err)
@@ -796,7 +796,8 @@ func TestResumeAtTheTopReadsNoHistory(t *testing.T) {
 	if n := eng.reads.Load(); n != 0 {
 		t.Fatalf("%d history reads for a client at the top, want none", n)
 	}
-	go h.Write(bg, "c", []byte("next"))
+	written := make(chan struct{})
+	go func() { h.Write(bg, "c", []byte("next")); close(written) }()
 	bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
 	events := w.Detach()
 	if got := render(events); got != "c:next@2" {
@@ -806,6 +807,9 @@ func TestResumeAtTheTopReadsNoHistory(t *testing.T) {
 	if pos, gap, ok := w.Cursor("c"); !ok || gap || pos.Offset != 2 {
 		t.Fatalf("cursor %v %v %v, want 2 without a gap", pos, gap, ok)
 	}
+	Resolve(keep.Detach(), true) // it had "next" too
+	keep, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	bounded.Recv(t, "the write's end", 5*time.Second, written)
 
 	w, _, err = h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
 	if err != nil {
@@ -963,5 +967,130 @@ func TestOtherProcessesPublicationsWakeWithoutLocks(t *testing.T) {
 	}
 	if ev := w.Detach(); len(ev) != 1 || string(ev[0].Payload) != "m" {
 		t.Fatalf("events %+v", ev)
+	}
+}
+
+// The engine moved the channel's top with no publication handed here
+// (HandleTop: a Redis catch-up found the history lost, a new epoch): a
+// client resuming from the old top is not taken as up to date, and reads
+// the history, which says the gap.
+func TestResumeFromBeforeAMovedTopSaysTheGap(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer eng.Stop()
+	h := New(eng)
+	h.Create(bg, "c")
+	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil) // this process subscribed
+	defer func() { Resolve(keep.Detach(), false) }()
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	_, pos1, _ := h.Write(ctx, "c", []byte("m1"))
+	Resolve(keep.Detach(), true)
+	keep, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	// The channel is made again behind this process's back, as Redis
+	// coming back without it does, and the engine says where it is now.
+	eng.Unsubscribe(bg, "c", pos1.Epoch)
+	eng.Close(bg, "c")
+	eng.Create(bg, "c")
+	info, _ := eng.Info(bg, "c")
+	h.HandleTop("c", info.Position)
+
+	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounded.Recv(t, "the gap", 5*time.Second, w.Ready())
+	Resolve(w.Detach(), true)
+	if pos, gap, ok := w.Cursor("c"); !ok || !gap || pos != info.Position {
+		t.Fatalf("cursor %v, gap %v, %v; want %v with a gap", pos, gap, ok, info.Position)
+	}
+}
+
+// Messages lost to this process between two it was handed (its
+// subscription was down, and the history trimmed meanwhile) are a gap for
+// a resuming waiter, said when the next one comes.
+func TestHoleInLiveMessagesIsAGap(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := memory.New(engine.Limits{HistorySize: 1, HistoryTTL: time.Minute})
+	defer eng.Stop()
+	h := New(eng)
+	h.Create(bg, "c")
+	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	defer func() { Resolve(keep.Detach(), false) }()
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	_, pos1, _ := h.Write(ctx, "c", []byte("m1"))
+	Resolve(keep.Detach(), true)
+	keep, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	// Publications this process is not handed (its PUB/SUB is down).
+	eng.Unsubscribe(bg, "c", pos1.Epoch)
+	var pos4 engine.Position
+	for _, m := range []string{"m2", "m3", "m4"} {
+		pos4, _ = eng.Publish(bg, "c", []byte(m), nil)
+	}
+	w, _, err := h.Subscribe(bg, []string{"c"}, &Resume{From: map[string]engine.Position{"c": pos1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The catch-up hands what the history still holds.
+	h.HandlePublication("c", engine.Publication{Position: pos4, Payload: []byte("m4")})
+	bounded.Recv(t, "the waiter ready", 5*time.Second, w.Ready())
+	events := w.Detach()
+	Resolve(events, true)
+	if pos, gap, ok := w.Cursor("c"); render(events) != "c:m4@4" || !ok || !gap || pos != pos4 {
+		t.Fatalf("events %q, cursor %v gap %v %v; want m4 with a gap", render(events), pos, gap, ok)
+	}
+}
+
+// failingPublish publishes, then fails (on Redis: the script ran and
+// PUB/SUB handed the message back, then the reply was lost).
+type failingPublish struct{ engine.Engine }
+
+func (f failingPublish) Publish(ctx context.Context, id string, p []byte, tr any) (engine.Position, error) {
+	f.Engine.Publish(ctx, id, p, tr)
+	return engine.Position{}, errors.New("reply lost")
+}
+
+// A write that fails after its message reached waiters still wakes them.
+func TestFailedPublishStillWakes(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := memory.New(engine.Limits{})
+	defer eng.Stop()
+	h := New(failingPublish{eng})
+	h.Create(bg, "c")
+	w, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	woken := make(chan bool, 1)
+	w.OnReady(func(lockFree bool) { woken <- lockFree })
+	if _, _, err := h.Write(bg, "c", []byte("m")); err == nil {
+		t.Fatal("the write did not fail")
+	}
+	bounded.Recv(t, "the wake", time.Second, woken)
+	Resolve(w.Detach(), true)
+}
+
+// A broadcast to more waiters than one goroutine wakes in turn spreads
+// over goroutines: here the wakes wait for each other, which waking them
+// one after the other never lets happen.
+func TestBroadcastWakesOnSeveralGoroutines(t *testing.T) {
+	bounded.Test(t, 10*time.Second)
+	r := newTestHub(engine.Limits{})
+	defer r.Stop()
+	r.Create("a")
+	var running atomic.Int64
+	together := make(chan struct{})
+	var once sync.Once
+	for range 2 * wakeChunk {
+		w, _ := r.Subscribe([]string{"a"})
+		w.OnReady(func(bool) {
+			if running.Add(1) >= 2 {
+				once.Do(func() { close(together) })
+			}
+			<-together
+			Resolve(w.Detach(), true)
+		})
+	}
+	out, err := r.Write(bg, "a", []byte("m"))
+	if err != nil || out.Delivered != 2*wakeChunk {
+		t.Fatalf("outcome %+v, %v", out, err)
 	}
 }

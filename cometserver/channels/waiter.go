@@ -143,10 +143,12 @@ func (w *Waiter) push(ev Event) (bool, func(bool)) {
 			w.mu.Unlock()
 			return false, nil
 		default:
-			if c.pos.Epoch != ev.Pos.Epoch {
+			if c.pos.Epoch != ev.Pos.Epoch || ev.Pos.Offset > c.pos.Offset+1 {
 				// The channel's history was lost behind it (a shared
 				// engine's backend came back without it): what came before
 				// in the new epoch, or after c.pos in the old, is unknown.
+				// Or messages between were lost to this process (its
+				// subscription was down, and the history trimmed since).
 				c.gap = true
 			}
 			c.pos = ev.Pos

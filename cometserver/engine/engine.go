@@ -109,6 +109,11 @@ type Handler interface {
 	HandlePublication(id string, pub Publication)
 	// HandleEnd says that the channel of that epoch ended.
 	HandleEnd(id, epoch string)
+	// HandleTop says that the channel is at top, though no publication
+	// handed here says so: what came before it is lost to this process
+	// (its history trimmed, or a new epoch, while its subscription was
+	// down), and the next publication comes after top.
+	HandleTop(id string, top Position)
 }
 
 // Limits are an engine's settings.

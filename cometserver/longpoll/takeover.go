@@ -634,7 +634,11 @@ type wakeup struct {
 // parked again.
 func (c *parked) resumed(w *wakeup) (*request, bool) {
 	if c.here && !w.readable && (w.p == nil || !c.over(w.p)) {
-		return nil, c.handOff(*w) // a wake that came late: what follows may wait
+		// A wake that came late: the poll waits on, parked again if it can.
+		if w.p != nil && c.parkIn(w.p) {
+			return nil, true
+		}
+		return nil, c.handOff(*w)
 	}
 	if w.p == nil {
 		if c.unsent != nil || c.done { // left by answerHere (see after)

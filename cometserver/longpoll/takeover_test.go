@@ -1189,3 +1189,34 @@ func TestReadyBatchSpillsPastASlowConnection(t *testing.T) {
 	}
 	e.waitListeners("slow", 2)
 }
+
+// A wake that comes late, for a parked poll with nothing to say (a
+// publisher's, gathered before the poll was answered another way), neither
+// holds its caller nor takes the poll out of the loop.
+func TestLateWakeLeavesThePollParked(t *testing.T) {
+	bounded.Test(t, time.Minute)
+	e := newEnv(t, takeover, time.Hour, Options{})
+	e.create("a")
+	c := e.dial()
+	c.send(pollRequest("registration=a"))
+	e.waitListeners("a", 1)
+	waitFor(t, "the poll parked", func() bool { return e.inLoop() == 1 })
+	var pc *parked
+	e.h.mu.Lock()
+	for p := range e.h.parked {
+		pc = p
+	}
+	e.h.mu.Unlock()
+	done := make(chan struct{})
+	go func() { pc.wakeFn(true); close(done) }()
+	bounded.Recv(t, "the late wake's return", 2*time.Second, done)
+	if e.inLoop() != 1 {
+		t.Fatal("after a late wake the poll is no longer parked")
+	}
+	if out := e.write("a", "m"); out.Delivered != 1 {
+		t.Fatalf("outcome %+v", out)
+	}
+	if r, _ := c.read(); r.body != "a:m" {
+		t.Fatalf("reply %q", r.body)
+	}
+}

@@ -34,6 +34,8 @@ func (r *recorder) HandlePublication(id string, p engine.Publication) {
 	r.track = append(r.track, p.Tracker)
 }
 
+func (r *recorder) HandleTop(string, engine.Position) {}
+
 func (r *recorder) HandleEnd(id, _ string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -538,7 +540,8 @@ func (o *orderCheck) HandlePublication(id string, p engine.Publication) {
 	o.last[id] = p.Position.Offset
 }
 
-func (o *orderCheck) HandleEnd(string, string) {}
+func (o *orderCheck) HandleEnd(string, string)          {}
+func (o *orderCheck) HandleTop(string, engine.Position) {}
 
 // BenchmarkHistoryFootprint measures what history costs in memory: 1,000
 // channels, each with a full history of 100 messages of 32 bytes, against

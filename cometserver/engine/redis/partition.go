@@ -436,10 +436,13 @@ func (p *partition) catchUpOne(id string) error {
 			p.hand(id, s, pub.Position, pub.Payload, token)
 		}
 	}
-	// What the Stream no longer holds is lost to this server's listeners;
-	// their clients' next resume reports the gap.
-	if top.Offset > s.last && top.Epoch == s.epoch {
-		s.last = top.Offset
+	// What the Stream no longer holds, or a new epoch with nothing in it
+	// yet, is lost to this server's listeners: the handler learns where
+	// the channel is, so that a client resuming from before reads the
+	// history, which reports the gap.
+	if top.Epoch == s.epoch && (top.Offset > s.last || s.told != s.epoch) {
+		s.last, s.told = top.Offset, top.Epoch
+		p.e.handler.HandleTop(id, top)
 	}
 	s.state = active
 	buf := s.buf

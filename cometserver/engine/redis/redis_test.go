@@ -38,6 +38,8 @@ func (r *recorder) HandlePublication(id string, p engine.Publication) {
 	r.pubs[id] = append(r.pubs[id], p)
 }
 
+func (r *recorder) HandleTop(string, engine.Position) {}
+
 func (r *recorder) HandleEnd(id, epoch string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
