@@ -90,10 +90,7 @@ func (h *Hub) Info(ctx context.Context, id string) (Info, error) {
 		return Info{}, err
 	}
 	info := Info{ID: id, Position: ci.Position.String(), HistoryLen: ci.HistoryLen}
-	h.mu.RLock()
-	l := h.local[id]
-	h.mu.RUnlock()
-	if l != nil {
+	if l := h.lookup(id); l != nil {
 		l.mu.Lock()
 		info.Listeners = len(l.listeners)
 		l.mu.Unlock()
@@ -238,10 +235,15 @@ func (h *Hub) listen(ctx context.Context, id string, w *Waiter) (bool, error) {
 	}
 }
 
-func (h *Hub) localFor(id string) *local {
+// lookup returns channel id's local view, nil if no request here waits on it.
+func (h *Hub) lookup(id string) *local {
 	h.mu.RLock()
-	l := h.local[id]
-	h.mu.RUnlock()
+	defer h.mu.RUnlock()
+	return h.local[id]
+}
+
+func (h *Hub) localFor(id string) *local {
+	l := h.lookup(id)
 	if l != nil {
 		return l
 	}
@@ -290,9 +292,7 @@ func (h *Hub) release(l *local) {
 // lock held: by the write, for this process's own (Hub.Write), else by one
 // goroutine for them all, since the engine's goroutine holds its lock.
 func (h *Hub) HandlePublication(id string, pub engine.Publication) {
-	h.mu.RLock()
-	l := h.local[id]
-	h.mu.RUnlock()
+	l := h.lookup(id)
 	if l == nil {
 		return
 	}
@@ -345,9 +345,7 @@ func wakeAll(wakes []func(bool)) {
 // HandleEnd gives the channel's waiters here the end marker. It implements
 // engine.Handler.
 func (h *Hub) HandleEnd(id, epoch string) {
-	h.mu.RLock()
-	l := h.local[id]
-	h.mu.RUnlock()
+	l := h.lookup(id)
 	if l == nil {
 		return
 	}
@@ -379,9 +377,7 @@ func (h *Hub) HandleEnd(id, epoch string) {
 // the history, which reports the gap, instead of being taken as up to date
 // (see Subscribe).
 func (h *Hub) HandleTop(id string, top engine.Position) {
-	h.mu.RLock()
-	l := h.local[id]
-	h.mu.RUnlock()
+	l := h.lookup(id)
 	if l == nil {
 		return
 	}

@@ -979,14 +979,7 @@ func TestResumeFromBeforeAMovedTopSaysTheGap(t *testing.T) {
 	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
 	defer eng.Stop()
 	h := New(eng)
-	h.Create(bg, "c")
-	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil) // this process subscribed
-	defer func() { Resolve(keep.Detach(), false) }()
-	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
-	defer cancel()
-	_, pos1, _ := h.Write(ctx, "c", []byte("m1"))
-	Resolve(keep.Detach(), true)
-	keep, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	pos1 := subscribedAfterOne(t, h)
 	// The channel is made again behind this process's back, as Redis
 	// coming back without it does, and the engine says where it is now.
 	eng.Unsubscribe(bg, "c", pos1.Epoch)
@@ -1014,14 +1007,7 @@ func TestHoleInLiveMessagesIsAGap(t *testing.T) {
 	eng := memory.New(engine.Limits{HistorySize: 1, HistoryTTL: time.Minute})
 	defer eng.Stop()
 	h := New(eng)
-	h.Create(bg, "c")
-	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
-	defer func() { Resolve(keep.Detach(), false) }()
-	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
-	defer cancel()
-	_, pos1, _ := h.Write(ctx, "c", []byte("m1"))
-	Resolve(keep.Detach(), true)
-	keep, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	pos1 := subscribedAfterOne(t, h)
 	// Publications this process is not handed (its PUB/SUB is down).
 	eng.Unsubscribe(bg, "c", pos1.Epoch)
 	var pos4 engine.Position
@@ -1093,4 +1079,20 @@ func TestBroadcastWakesOnSeveralGoroutines(t *testing.T) {
 	if err != nil || out.Delivered != 2*wakeChunk {
 		t.Fatalf("outcome %+v, %v", out, err)
 	}
+}
+
+// subscribedAfterOne makes channel "c" on h with one message, m1, and
+// keeps this process subscribed to it (one listener, until the test ends);
+// it returns m1's position.
+func subscribedAfterOne(t *testing.T, h *Hub) engine.Position {
+	t.Helper()
+	h.Create(bg, "c")
+	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	_, pos1, _ := h.Write(ctx, "c", []byte("m1"))
+	Resolve(keep.Detach(), true)
+	keep, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	t.Cleanup(func() { Resolve(keep.Detach(), false) })
+	return pos1
 }

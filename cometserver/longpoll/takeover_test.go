@@ -943,19 +943,7 @@ func TestParkedConnectionHoldsNoServingState(t *testing.T) {
 	e.park(waiting)
 	waiting.send(pollRequest("registration=a"))
 	e.waitListeners("a", 1)
-	waitFor(t, "both connections parked", func() bool {
-		e.h.mu.Lock()
-		defer e.h.mu.Unlock()
-		n := 0
-		for c := range e.h.parked {
-			c.mu.Lock()
-			if c.state == inLoop {
-				n++
-			}
-			c.mu.Unlock()
-		}
-		return n == 2
-	})
+	waitFor(t, "both connections parked", func() bool { return e.inLoop() == 2 })
 	e.h.mu.Lock()
 	for c := range e.h.parked {
 		c.mu.Lock()
