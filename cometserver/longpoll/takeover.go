@@ -299,10 +299,10 @@ type parked struct {
 	bodyBuffered bool                // the current request's body is already read
 	sentAhead    bool                // the client sent more while a poll waited
 	done         bool                // the connection closes after this reply
-	here         bool                // answered on a publisher's goroutine: nothing may wait (answerHere)
+	here         bool                // served where nothing may wait: a publisher's goroutine, a loop batch
 	writeUntil   time.Time           // the write deadline set last
 	wakeFn       func(bool)          // c.wake, made once: a method value allocates at each use
-	unsent       *unsentReply        // what a reply under answerHere left unwritten
+	unsent       *unsentReply        // what a reply written with here left unwritten
 	mu           sync.Mutex          // guards inRequest, the read deadline and the park state
 
 	// Parked with no goroutine (park): the loop and the connection's file
@@ -641,7 +641,7 @@ func (c *parked) resumed(w *wakeup) (*request, bool) {
 		return nil, c.handOff(*w)
 	}
 	if w.p == nil {
-		if c.unsent != nil || c.done { // left by answerHere (see after)
+		if c.unsent != nil || c.done { // left by a serve with c.here (see after)
 			c.flushUnsent()
 			return c.after()
 		}
@@ -807,8 +807,8 @@ func (c *parked) waitWithoutReading(p *poll) bool {
 var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // reply sends one whole response in one write, with the headers net/http
-// would give it, and resolves what it carries. Under answerHere the write
-// does not wait: what the socket does not take is kept in c.unsent, for a
+// would give it, and resolves what it carries. With c.here the write does
+// not wait: what the socket does not take is kept in c.unsent, for a
 // resumer to write and resolve.
 func (c *parked) reply(status int, body []byte, close bool, carried []channels.Event) {
 	c.done = c.done || close
@@ -863,8 +863,8 @@ type unsentReply struct {
 	carried []channels.Event
 }
 
-// flushUnsent writes the rest of a reply that answerHere began, waiting
-// as any reply does, and resolves the messages it carries.
+// flushUnsent writes the rest of a reply begun with c.here, waiting as
+// any reply does, and resolves the messages it carries.
 func (c *parked) flushUnsent() {
 	u := c.unsent
 	if u == nil {
