@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/wire"
@@ -38,15 +39,33 @@ func ValidName(name string) bool { return engine.ValidName(name) }
 // Hub is this process's view of the channels: what the long-poll handler
 // and the publisher API use.
 type Hub struct {
-	eng engine.Engine
+	eng    engine.Engine
+	linger time.Duration
 
 	mu    sync.RWMutex
-	local map[string]*local // channels this process's requests wait on
+	local map[string]*local // channels this process's requests wait on, or did a moment ago
 }
 
+// DefaultLinger is how long this process stays subscribed to a channel
+// after its last waiting request here was answered or left. A long-poll
+// client is back within milliseconds of each reply, so without it every
+// message would unsubscribe and subscribe again each process that serves
+// the channel: on a shared engine, round trips on each poll's path.
+const DefaultLinger = time.Second
+
+// An Option changes a Hub from its defaults.
+type Option func(*Hub)
+
+// Linger sets how long the Hub stays subscribed to a channel nobody here
+// waits on any more (DefaultLinger); 0 unsubscribes at once.
+func Linger(d time.Duration) Option { return func(h *Hub) { h.linger = d } }
+
 // New returns a Hub over eng, and registers itself as eng's handler.
-func New(eng engine.Engine) *Hub {
-	h := &Hub{eng: eng, local: make(map[string]*local)}
+func New(eng engine.Engine, opts ...Option) *Hub {
+	h := &Hub{eng: eng, linger: DefaultLinger, local: make(map[string]*local)}
+	for _, o := range opts {
+		o(h)
+	}
 	eng.Register(h)
 	return h
 }
@@ -266,10 +285,43 @@ func (h *Hub) forget(l *local) {
 }
 
 // release unsubscribes this process from l's channel once its last
-// listener here has left.
+// listener here has left, after the Hub's linger: a listener that comes
+// back first finds it still subscribed.
 func (h *Hub) release(l *local) {
 	l.subMu.Lock()
 	defer l.subMu.Unlock()
+	if h.linger <= 0 || l.gone.Load() {
+		h.unsubscribeIdle(l)
+		return
+	}
+	l.leftAt = time.Now()
+	if l.lingering {
+		return // its timer is set, and reads leftAt when it fires
+	}
+	l.lingering = true
+	if l.linger == nil {
+		l.linger = time.AfterFunc(h.linger, func() { h.lingered(l) })
+	} else {
+		l.linger.Reset(h.linger)
+	}
+}
+
+// lingered runs when l's linger timer fires: it unsubscribes if nobody
+// came back since, or waits out the linger of whoever left last.
+func (h *Hub) lingered(l *local) {
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	if rest := h.linger - time.Since(l.leftAt); rest > 0 {
+		l.linger.Reset(rest)
+		return
+	}
+	l.lingering = false
+	h.unsubscribeIdle(l) // a listener here now calls release again when it leaves
+}
+
+// unsubscribeIdle unsubscribes this process from l's channel if nobody
+// here listens on it. The caller holds l.subMu.
+func (h *Hub) unsubscribeIdle(l *local) {
 	l.mu.Lock()
 	idle := len(l.listeners) == 0
 	l.mu.Unlock()
@@ -398,7 +450,13 @@ type local struct {
 	// subscribed and epoch (the subscribed channel's) are guarded by subMu.
 	subscribed bool
 	epoch      string
-	gone       atomic.Bool // out of the map: a newcomer must make a new one
+	// Linger (see Hub.release), guarded by subMu: since when nobody here
+	// listens, and the timer that unsubscribes once that lasted the
+	// Hub's linger.
+	leftAt    time.Time
+	lingering bool
+	linger    *time.Timer
+	gone      atomic.Bool // out of the map: a newcomer must make a new one
 
 	mu        sync.Mutex
 	ended     bool

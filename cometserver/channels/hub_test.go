@@ -1096,3 +1096,93 @@ func subscribedAfterOne(t *testing.T, h *Hub) engine.Position {
 	t.Cleanup(func() { Resolve(keep.Detach(), false) })
 	return pos1
 }
+
+// countingSubscriptions counts an engine's subscribes and unsubscribes.
+type countingSubscriptions struct {
+	engine.Engine
+	subs, unsubs atomic.Int64
+}
+
+func (c *countingSubscriptions) Subscribe(ctx context.Context, id string) (engine.Position, error) {
+	c.subs.Add(1)
+	return c.Engine.Subscribe(ctx, id)
+}
+
+func (c *countingSubscriptions) Unsubscribe(ctx context.Context, id, epoch string) error {
+	c.unsubs.Add(1)
+	return c.Engine.Unsubscribe(ctx, id, epoch)
+}
+
+// A channel stays subscribed for the linger after its last waiter left, so
+// that a client's next poll costs the engine nothing;
+// what is published meanwhile still reaches that poll (from the history),
+// and once the linger has passed with nobody back, the process
+// unsubscribes.
+func TestLingerKeepsAChannelSubscribedBetweenPolls(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	// Polls come back every away: the linger runs from the last waiter
+	// leaving, not from the first (the timer set then fires between two
+	// polls).
+	const linger, away = time.Second, 600 * time.Millisecond
+	eng := &countingSubscriptions{Engine: memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})}
+	defer eng.Stop()
+	h := New(eng, Linger(linger))
+	h.Create(bg, "c")
+	_, pos1, _ := h.Write(bg, "c", []byte("first"))
+	from := &Resume{From: map[string]engine.Position{"c": pos1}}
+
+	for i := range 3 {
+		w, _, err := h.Subscribe(bg, []string{"c"}, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			// Published while nobody waits (the reply went, the next poll
+			// is not there yet): the next poll gets it.
+			Resolve(w.Detach(), false)
+			_, pos2, _ := h.Write(bg, "c", []byte("meanwhile"))
+			w, _, _ = h.Subscribe(bg, []string{"c"}, from)
+			evs := w.Detach()
+			Resolve(evs, false)
+			if len(evs) != 1 || string(evs[0].Payload) != "meanwhile" {
+				t.Fatalf("the poll after a publication with nobody waiting got %v, want the publication", evs)
+			}
+			from = &Resume{From: map[string]engine.Position{"c": pos2}}
+		} else {
+			Resolve(w.Detach(), false)
+		}
+		if i < 2 {
+			time.Sleep(away)
+		}
+	}
+	if s, u := eng.subs.Load(), eng.unsubs.Load(); s != 1 || u != 0 {
+		t.Fatalf("polls that came back within the linger: %d subscribes and %d unsubscribes, want 1 and 0", s, u)
+	}
+	left := time.Now()
+	bounded.Wait(t, "the unsubscribe once the linger passed", 5*time.Second, func() bool { return eng.unsubs.Load() == 1 })
+	if waited := time.Since(left); waited < linger {
+		t.Fatalf("unsubscribed %v after the last waiter left, before the linger of %v", waited, linger)
+	}
+	w, _, err := h.Subscribe(bg, []string{"c"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { Resolve(w.Detach(), false) }()
+	if s := eng.subs.Load(); s != 2 {
+		t.Fatalf("%d subscribes, want a second one after the unsubscribe", s)
+	}
+}
+
+// With a linger of 0 the last waiter leaving unsubscribes at once.
+func TestNoLingerUnsubscribesAtOnce(t *testing.T) {
+	bounded.Test(t, 30*time.Second)
+	eng := &countingSubscriptions{Engine: memory.New(engine.Limits{})}
+	defer eng.Stop()
+	h := New(eng, Linger(0))
+	h.Create(bg, "c")
+	w, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	Resolve(w.Detach(), false)
+	if u := eng.unsubs.Load(); u != 1 {
+		t.Fatalf("%d unsubscribes right after the last waiter left, want 1", u)
+	}
+}
