@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SERVERS=${SERVERS:-comet,comet-nohistory,comet-resume,comet-redis,nchan,pushpin}
-[[ $SERVERS == *comet-redis* ]] && hack/install-redis.sh
+[[ $SERVERS == *-redis* ]] && hack/install-redis.sh
 packages=()
 [[ $SERVERS == *nchan* ]] && packages+=(nginx-light libnginx-mod-nchan)
 [[ $SERVERS == *pushpin* ]] && packages+=(pushpin zurl)

@@ -12,23 +12,30 @@ import (
 	"github.com/cometop/comet-operator/test/redistest"
 )
 
-// fleetTarget is several comet servers on one Redis (broker: redis),
-// started fresh: clients are spread over the servers, publishers write
-// through each in turn, and the CPU and memory are those of every server
-// and of redis-server together (brokerPIDs tells Redis's share apart).
+// fleetSize is how many servers a fleet on Redis runs: a user who outgrew
+// one pod runs a few.
+const fleetSize = 3
+
+// fleetTarget is several servers of one kind on one Redis, started fresh:
+// clients are spread over the servers, publishers write through each in
+// turn, and the CPU and memory are those of every server and of
+// redis-server together (brokerPIDs tells Redis's share apart). The comet
+// server's fleet and Nchan's run the same way, so that they compare.
 type fleetTarget struct {
-	servers []*cometTarget
+	name    string
+	members []server
 	redis   *exec.Cmd
 	dir     string
 	next    atomic.Uint64 // publishes round-robin over the servers
 }
 
-func startFleet(cometBin string, n int) (*fleetTarget, error) {
+// startFleet starts a redis-server, then n servers that start makes on it.
+func startFleet(name string, n int, start func(redisAddr string) (server, error)) (*fleetTarget, error) {
 	dir, err := os.MkdirTemp("", "cometbench-redis")
 	if err != nil {
 		return nil, err
 	}
-	f := &fleetTarget{dir: dir}
+	f := &fleetTarget{name: name, dir: dir}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server is missing (hack/install-redis.sh installs it): %w", err)
@@ -52,28 +59,38 @@ func startFleet(cometBin string, n int) (*fleetTarget, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	for i := range n {
-		t, err := startComet(cometBin, "cometserver x3, Redis", true,
-			"--broker", "redis", "--redis-url", "redis://"+addr, "--redis-prefix", "bench")
+		s, err := start(addr)
 		if err != nil {
 			f.Stop()
-			return nil, fmt.Errorf("server %d: %w", i, err)
+			return nil, fmt.Errorf("%s, server %d: %w", name, i, err)
 		}
-		f.servers = append(f.servers, t)
-		if err := waitUp(t.publisher+"/readyz", 20*time.Second, http.StatusOK); err != nil { // on Redis
-			f.Stop()
-			return nil, err
-		}
+		f.members = append(f.members, s)
 	}
 	return f, nil
 }
 
-func (f *fleetTarget) Name() string     { return f.servers[0].name }
-func (f *fleetTarget) Resume() bool     { return true }
-func (f *fleetTarget) Protocol() string { return "comet" }
+// startCometOnRedis is one comet server of a fleet, ready once it has
+// reached Redis.
+func startCometOnRedis(cometBin, name, redisAddr string) (server, error) {
+	t, err := startComet(cometBin, name, true,
+		"--broker", "redis", "--redis-url", "redis://"+redisAddr, "--redis-prefix", "bench")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitUp(t.publisher+"/readyz", 20*time.Second, http.StatusOK); err != nil {
+		t.Stop()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (f *fleetTarget) Name() string     { return f.name }
+func (f *fleetTarget) Resume() bool     { return f.members[0].Resume() }
+func (f *fleetTarget) Protocol() string { return f.members[0].Protocol() }
 
 func (f *fleetTarget) PIDs() []int {
 	pids := f.brokerPIDs()
-	for _, s := range f.servers {
+	for _, s := range f.members {
 		pids = append(pids, s.PIDs()...)
 	}
 	return pids
@@ -83,23 +100,23 @@ func (f *fleetTarget) brokerPIDs() []int { return []int{f.redis.Process.Pid} }
 
 func (f *fleetTarget) URLs() []string {
 	var urls []string
-	for _, s := range f.servers {
-		urls = append(urls, s.client)
+	for _, s := range f.members {
+		urls = append(urls, s.URLs()...)
 	}
 	return urls
 }
 
 // Channels are made through the first server: every server sees them.
-func (f *fleetTarget) Channels(n int) ([]string, error) { return f.servers[0].Channels(n) }
+func (f *fleetTarget) Channels(n int) ([]string, error) { return f.members[0].Channels(n) }
 
 func (f *fleetTarget) Publish(hc *http.Client, channel, body string) error {
-	s := f.servers[f.next.Add(1)%uint64(len(f.servers))]
+	s := f.members[f.next.Add(1)%uint64(len(f.members))]
 	return s.Publish(hc, channel, body)
 }
 
 func (f *fleetTarget) Held() (int, error) {
 	total := 0
-	for _, s := range f.servers {
+	for _, s := range f.members {
 		n, err := s.Held()
 		if err != nil {
 			return total, err
@@ -110,7 +127,7 @@ func (f *fleetTarget) Held() (int, error) {
 }
 
 func (f *fleetTarget) Stop() {
-	for _, s := range f.servers {
+	for _, s := range f.members {
 		s.Stop()
 	}
 	if f.redis != nil && f.redis.Process != nil {

@@ -73,7 +73,7 @@ func main() {
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	server := fs.String("cometserver", "", "cometserver binary (default: built from this checkout)")
-	servers := fs.String("servers", "comet", "servers to run, in turn: comet, comet-nohistory, comet-resume, comet-redis, nchan, pushpin")
+	servers := fs.String("servers", "comet", "servers to run, in turn: comet, comet-nohistory, comet-resume, comet-redis, nchan, nchan-redis, pushpin")
 	clients := fs.Int("clients", 10000, "hold: waiting long polls")
 	channelCount := fs.Int("channels", 100, "channels the clients spread over")
 	subscribers := fs.Int("subscribers", 100, "fanout: waiting clients per channel")
@@ -161,21 +161,27 @@ type server interface {
 func startServer(name, cometBin string) (server, error) {
 	switch name {
 	case "comet": // defaults: history on, clients that do not resume (the seed's)
-		return startComet(cometBin, "cometserver", false)
+		return startComet(cometBin, cometName, false)
 	case "comet-nohistory": // the server as it was before history
 		return startComet(cometBin, "cometserver, history off", false, "--history-size", "0")
 	case "comet-resume": // defaults, clients that resume
 		return startComet(cometBin, "cometserver, resuming", true)
 	case "nchan":
-		return startNchan()
+		return startNchan(nchanName, "")
 	case "pushpin":
 		return startPushpin()
 	case "comet-redis": // three servers on one Redis, clients that resume
-		return startFleet(cometBin, 3)
+		return startFleet(cometFleetName, fleetSize, func(addr string) (server, error) {
+			return startCometOnRedis(cometBin, cometFleetName, addr)
+		})
+	case "nchan-redis": // the same with Nchan: three nginx on one Redis
+		return startFleet(nchanFleetName, fleetSize, func(addr string) (server, error) {
+			return startNchan(nchanFleetName, addr)
+		})
 	case "ceiling": // the machine's ceiling: a trivial keep-alive handler
 		return startCeiling()
 	}
-	return nil, fmt.Errorf("unknown server %q (comet, comet-nohistory, comet-resume, comet-redis, nchan, pushpin)", name)
+	return nil, fmt.Errorf("unknown server %q (comet, comet-nohistory, comet-resume, comet-redis, nchan, nchan-redis, pushpin)", name)
 }
 
 // cometTarget is this project's server.
@@ -373,9 +379,8 @@ func startWorkers(srv server, channels []string, clients int, abortMean time.Dur
 		return nil, err
 	}
 	w := &workers{server: srv.Name()}
-	for i := 0; clients > 0; i++ {
-		n := min(clients, perWorker)
-		clients -= n
+	urls := srv.URLs()
+	for i, n := range workerShares(clients, len(urls)) {
 		cmd := exec.Command(self, "worker")
 		cmd.Stderr = os.Stderr
 		in, _ := cmd.StdinPipe()
@@ -384,7 +389,6 @@ func startWorkers(srv server, channels []string, clients int, abortMean time.Dur
 			w.stop()
 			return nil, err
 		}
-		urls := srv.URLs()
 		j, _ := json.Marshal(job{Protocol: srv.Protocol(), URL: urls[i%len(urls)], Channels: channels, Clients: n, Source: fmt.Sprintf("127.0.0.%d", 2+i),
 			AbortMean: abortMean, Resume: srv.Resume()})
 		fmt.Fprintf(in, "%s\n", j)
@@ -393,6 +397,19 @@ func startWorkers(srv server, channels []string, clients int, abortMean time.Dur
 		w.procs, w.ins, w.outs = append(w.procs, cmd), append(w.ins, in), append(w.outs, sc)
 	}
 	return w, nil
+}
+
+// workerShares splits clients over workers: as few as keep each under
+// perWorker, but at least one per URL, the clients shared evenly, so that
+// a fleet's servers each get their part (worker i polls URL i mod urls).
+func workerShares(clients, urls int) []int {
+	count := max((clients+perWorker-1)/perWorker, urls, 1)
+	shares := make([]int, count)
+	for i := range shares {
+		shares[i] = clients / (count - i)
+		clients -= shares[i]
+	}
+	return shares
 }
 
 // report asks every worker for its counts since the last report.

@@ -19,12 +19,16 @@ var nchanConf string
 
 // nchanTarget is nginx with the Nchan module, from Debian's packages.
 type nchanTarget struct {
+	name string
 	cmd  *exec.Cmd
 	base string
 	dir  string
 }
 
-func startNchan() (*nchanTarget, error) {
+// startNchan starts nginx with peers/nchan.conf: messages in nginx's shared
+// memory, or, given a Redis address, in Redis (Nchan's "distributed"
+// storage, the one that lets several nginx share channels).
+func startNchan(name, redisAddr string) (*nchanTarget, error) {
 	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_nchan_module.so"); err != nil {
 		return nil, fmt.Errorf("nchan: install Debian's nginx-light and libnginx-mod-nchan: %w", err)
 	}
@@ -34,11 +38,10 @@ func startNchan() (*nchanTarget, error) {
 	}
 	addr := freeAddr()
 	port := addr[strings.LastIndexByte(addr, ':')+1:]
-	conf := strings.NewReplacer("PREFIX", dir, "PORT", port).Replace(nchanConf)
-	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(nchanConfig(dir, port, redisAddr)), 0o644); err != nil {
 		return nil, err
 	}
-	t := &nchanTarget{base: "http://" + addr, dir: dir}
+	t := &nchanTarget{name: name, base: "http://" + addr, dir: dir}
 	t.cmd = exec.Command("nginx", "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	t.cmd.Stderr = os.Stderr
 	if err := t.cmd.Start(); err != nil {
@@ -51,7 +54,18 @@ func startNchan() (*nchanTarget, error) {
 	return t, nil
 }
 
-func (t *nchanTarget) Name() string     { return "nginx+nchan" }
+// nchanConfig fills in peers/nchan.conf; with a Redis address, every
+// channel is stored there.
+func nchanConfig(prefix, port, redisAddr string) string {
+	upstream, pass := "", ""
+	if redisAddr != "" {
+		upstream = "upstream redis { nchan_redis_server redis://" + redisAddr + "; }"
+		pass = "nchan_redis_pass redis;"
+	}
+	return strings.NewReplacer("PREFIX", prefix, "PORT", port, "REDIS_UPSTREAM", upstream, "REDIS_PASS", pass).Replace(nchanConf)
+}
+
+func (t *nchanTarget) Name() string     { return t.name }
 func (t *nchanTarget) PIDs() []int      { return []int{t.cmd.Process.Pid} }
 func (t *nchanTarget) Protocol() string { return "nchan" }
 func (t *nchanTarget) URLs() []string   { return []string{t.base} }

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -22,7 +21,7 @@ type reportParams struct {
 	Quick          bool // small sizes, to check the tool
 	HoldSizes      []int
 	HoldChannels   int
-	FleetHold      int // comet-redis also holds this many, over its three processes
+	FleetHold      int // a fleet on Redis also holds this many, over its three processes
 	FanChannels    int
 	FanSubscribers int
 	Rates          []int
@@ -107,11 +106,14 @@ func runReport(p reportParams) (reportData, error) {
 			}
 		}
 	}
-	if slices.Contains(p.Servers, "comet-redis") { // past one process's open-file cap
-		say("hold %d on comet-redis", p.FleetHold)
-		row, err := hold("comet-redis", p.CometBin, p.FleetHold, p.HoldChannels)
+	for _, name := range p.Servers { // a fleet also holds past one process's open-file cap
+		if !strings.HasSuffix(name, "-redis") {
+			continue
+		}
+		say("hold %d on %s", p.FleetHold, name)
+		row, err := hold(name, p.CometBin, p.FleetHold, p.HoldChannels)
 		if err != nil {
-			return d, fmt.Errorf("hold %d on comet-redis: %w", p.FleetHold, err)
+			return d, fmt.Errorf("hold %d on %s: %w", p.FleetHold, name, err)
 		}
 		holds = append(holds, row)
 	}

@@ -142,6 +142,24 @@ func summarizeCeiling(runs []ceilingResult) ceilingSummary {
 	return c
 }
 
+// The servers the performance issue's targets name, as the report names
+// them (a fleet's name says its size, fleetSize).
+const (
+	cometName      = "cometserver"
+	cometFleetName = "cometserver x3, Redis"
+	nchanName      = "nginx+nchan"
+	nchanFleetName = "nginx+nchan x3, Redis"
+)
+
+// targetPairs are the comparisons the targets make: each comet server
+// against Nchan run the same way (in memory, or three on one Redis), and the
+// comet fleet also against one Nchan in memory, the stricter of its two.
+var targetPairs = [][2]string{
+	{cometName, nchanName},
+	{cometFleetName, nchanFleetName},
+	{cometFleetName, nchanName},
+}
+
 // issueTargets checks the performance issue's targets for the comet server,
 // in memory and on Redis, against Nchan's medians in the same run.
 func issueTargets(fan []fanSummary, hold []holdSummary, holdAt int) []target {
@@ -152,50 +170,49 @@ func issueTargets(fan []fanSummary, hold []holdSummary, holdAt int) []target {
 		}
 		return fan[i], true
 	}
+	heldKiB := func(name string) (float64, int64, bool) {
+		i := slices.IndexFunc(hold, func(h holdSummary) bool { return h.Server == name && h.Waiting == holdAt })
+		if i < 0 {
+			return 0, 0, false
+		}
+		return hold[i].PerRequestKiB.Median(), hold[i].Errors, true
+	}
 	var out []target
-	nchan, ok := find("nginx+nchan")
-	for _, name := range []string{"cometserver", "cometserver x3, Redis"} {
+	for _, pair := range targetPairs {
+		name, peer := pair[0], pair[1]
 		mine, mok := find(name)
-		if !ok || !mok {
-			continue
+		other, ook := find(peer)
+		if mok && ook {
+			for j, a := range mine.At {
+				n := other.At[j]
+				out = append(out,
+					target{
+						What:     fmt.Sprintf("%s: CPU per delivery at %s/s at most %s's", name, thousands(int64(n.Deliveries.Median())), peer),
+						Measured: fmt.Sprintf("%.1f vs %.1f µs (%.2fx)", a.CPUPerDelivery.Median(), n.CPUPerDelivery.Median(), a.CPUPerDelivery.Median()/n.CPUPerDelivery.Median()),
+						Met:      a.Errors == 0 && a.CPUPerDelivery.Median() <= n.CPUPerDelivery.Median(),
+					},
+					target{
+						What:     fmt.Sprintf("%s: p99 at %s/s at most %s's", name, thousands(int64(n.Deliveries.Median())), peer),
+						Measured: fmt.Sprintf("%.1f vs %.1f ms", a.P99.Median(), n.P99.Median()),
+						Met:      a.Errors == 0 && a.P99.Median() <= n.P99.Median(),
+					})
+			}
+			m, nm := mine.Sustained.Median(), other.Sustained.Median()
+			out = append(out, target{
+				What:     fmt.Sprintf("%s: sustained deliveries/s at least 1.3x %s's", name, peer),
+				Measured: fmt.Sprintf("%s vs %s (%.2fx)", thousands(int64(m)), thousands(int64(nm)), m/max(nm, 1)),
+				Met:      m >= 1.3*nm && nm > 0,
+			})
 		}
-		for j, a := range mine.At {
-			n := nchan.At[j]
-			out = append(out,
-				target{
-					What:     fmt.Sprintf("%s: CPU per delivery at %s/s at most Nchan's", name, thousands(int64(n.Deliveries.Median()))),
-					Measured: fmt.Sprintf("%.1f vs %.1f µs (%.2fx)", a.CPUPerDelivery.Median(), n.CPUPerDelivery.Median(), a.CPUPerDelivery.Median()/n.CPUPerDelivery.Median()),
-					Met:      a.Errors == 0 && a.CPUPerDelivery.Median() <= n.CPUPerDelivery.Median(),
-				},
-				target{
-					What:     fmt.Sprintf("%s: p99 at %s/s at most Nchan's", name, thousands(int64(n.Deliveries.Median()))),
-					Measured: fmt.Sprintf("%.1f vs %.1f ms", a.P99.Median(), n.P99.Median()),
-					Met:      a.Errors == 0 && a.P99.Median() <= n.P99.Median(),
-				})
+		kib, errs, mok := heldKiB(name)
+		peerKiB, _, ook := heldKiB(peer)
+		if mok && ook && peerKiB > 0 {
+			out = append(out, target{
+				What:     fmt.Sprintf("%s: memory per waiting request at %s at most 5.4 KiB and half %s's", name, thousands(int64(holdAt)), peer),
+				Measured: fmt.Sprintf("%.1f KiB vs %.1f KiB (%.2fx)", kib, peerKiB, kib/peerKiB),
+				Met:      errs == 0 && kib <= 5.4 && kib <= peerKiB/2,
+			})
 		}
-		m, nm := mine.Sustained.Median(), nchan.Sustained.Median()
-		out = append(out, target{
-			What:     name + ": sustained deliveries/s at least 1.3x Nchan's",
-			Measured: fmt.Sprintf("%s vs %s (%.2fx)", thousands(int64(m)), thousands(int64(nm)), m/max(nm, 1)),
-			Met:      m >= 1.3*nm && nm > 0,
-		})
-	}
-	var nchanKiB float64
-	for _, h := range hold {
-		if h.Server == "nginx+nchan" && h.Waiting == holdAt {
-			nchanKiB = h.PerRequestKiB.Median()
-		}
-	}
-	for _, h := range hold {
-		if h.Waiting != holdAt || (h.Server != "cometserver" && h.Server != "cometserver x3, Redis") || nchanKiB == 0 {
-			continue
-		}
-		kib := h.PerRequestKiB.Median()
-		out = append(out, target{
-			What:     fmt.Sprintf("%s: memory per waiting request at %s at most 5.4 KiB and half Nchan's", h.Server, thousands(int64(holdAt))),
-			Measured: fmt.Sprintf("%.1f KiB vs %.1f KiB (%.2fx)", kib, nchanKiB, kib/nchanKiB),
-			Met:      h.Errors == 0 && kib <= 5.4 && kib <= nchanKiB/2,
-		})
 	}
 	return out
 }

@@ -478,7 +478,7 @@ func profiledServer(srv server) *cometTarget {
 	case *cometTarget:
 		return t
 	case *fleetTarget:
-		return t.servers[0]
+		return profiledServer(t.members[0])
 	}
 	return nil
 }
