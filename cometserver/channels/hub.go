@@ -159,7 +159,7 @@ type Resume struct {
 // Subscribe makes a Waiter listening on the live channels among ids (which
 // must be distinct) and returns the others, in the order given, as ended.
 // With r it keeps a position per channel (Waiter.Cursor) and fetches what
-// r asks from the history. On an error nothing stays subscribed.
+// r asks from the history. On an error it listens nowhere.
 func (h *Hub) Subscribe(ctx context.Context, ids []string, r *Resume) (w *Waiter, ended []string, err error) {
 	var from map[string]engine.Position
 	if r != nil {
@@ -214,6 +214,14 @@ func (h *Hub) listen(ctx context.Context, id string, w *Waiter) (bool, error) {
 			l.subMu.Unlock()
 			continue
 		}
+		if l.subscribed && !h.eng.Receiving(id) {
+			// Joining listeners that wait for what cannot come: refused
+			// as a subscribe would be, so that the client retries
+			// (elsewhere). The subscription stays: the engine catches it
+			// up once its link is back.
+			l.subMu.Unlock()
+			return false, fmt.Errorf("listen to %q: its publications do not reach this process now: %w", id, engine.ErrUnavailable)
+		}
 		if !l.subscribed {
 			top, err := h.eng.Subscribe(ctx, id)
 			if err != nil {
@@ -254,7 +262,8 @@ func (h *Hub) listen(ctx context.Context, id string, w *Waiter) (bool, error) {
 	}
 }
 
-// lookup returns channel id's local view, nil if no request here waits on it.
+// lookup returns channel id's local view, nil if no request here waits on
+// it (nor did for the Hub's linger).
 func (h *Hub) lookup(id string) *local {
 	h.mu.RLock()
 	defer h.mu.RUnlock()

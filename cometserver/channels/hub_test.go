@@ -1114,24 +1114,29 @@ func (c *countingSubscriptions) Unsubscribe(ctx context.Context, id, epoch strin
 }
 
 // A channel stays subscribed for the linger after its last waiter left, so
-// that a client's next poll costs the engine nothing;
-// what is published meanwhile still reaches that poll (from the history),
-// and once the linger has passed with nobody back, the process
-// unsubscribes.
+// that a client's next poll costs the engine nothing; what is published
+// meanwhile still reaches that poll (from the history), and once the
+// linger has passed with nobody back, the process unsubscribes. The linger
+// runs from the last waiter leaving: not from the first (a timer set then
+// fires between two polls), and not from before a poll that outlasted it.
 func TestLingerKeepsAChannelSubscribedBetweenPolls(t *testing.T) {
 	bounded.Test(t, 30*time.Second)
-	// Polls come back every away: the linger runs from the last waiter
-	// leaving, not from the first (the timer set then fires between two
-	// polls).
-	const linger, away = time.Second, 600 * time.Millisecond
+	const linger, away = time.Second, 300 * time.Millisecond
 	eng := &countingSubscriptions{Engine: memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})}
 	defer eng.Stop()
 	h := New(eng, Linger(linger))
 	h.Create(bg, "c")
 	_, pos1, _ := h.Write(bg, "c", []byte("first"))
 	from := &Resume{From: map[string]engine.Position{"c": pos1}}
+	var left time.Time
+	leave := func(w *Waiter) []Event {
+		left = time.Now()
+		evs := w.Detach()
+		Resolve(evs, false)
+		return evs
+	}
 
-	for i := range 3 {
+	for i := range 3 { // polls that come back every away
 		w, _, err := h.Subscribe(bg, []string{"c"}, from)
 		if err != nil {
 			t.Fatal(err)
@@ -1139,17 +1144,15 @@ func TestLingerKeepsAChannelSubscribedBetweenPolls(t *testing.T) {
 		if i == 1 {
 			// Published while nobody waits (the reply went, the next poll
 			// is not there yet): the next poll gets it.
-			Resolve(w.Detach(), false)
+			leave(w)
 			_, pos2, _ := h.Write(bg, "c", []byte("meanwhile"))
 			w, _, _ = h.Subscribe(bg, []string{"c"}, from)
-			evs := w.Detach()
-			Resolve(evs, false)
-			if len(evs) != 1 || string(evs[0].Payload) != "meanwhile" {
+			if evs := leave(w); len(evs) != 1 || string(evs[0].Payload) != "meanwhile" {
 				t.Fatalf("the poll after a publication with nobody waiting got %v, want the publication", evs)
 			}
 			from = &Resume{From: map[string]engine.Position{"c": pos2}}
 		} else {
-			Resolve(w.Detach(), false)
+			leave(w)
 		}
 		if i < 2 {
 			time.Sleep(away)
@@ -1158,18 +1161,31 @@ func TestLingerKeepsAChannelSubscribedBetweenPolls(t *testing.T) {
 	if s, u := eng.subs.Load(), eng.unsubs.Load(); s != 1 || u != 0 {
 		t.Fatalf("polls that came back within the linger: %d subscribes and %d unsubscribes, want 1 and 0", s, u)
 	}
-	left := time.Now()
 	bounded.Wait(t, "the unsubscribe once the linger passed", 5*time.Second, func() bool { return eng.unsubs.Load() == 1 })
 	if waited := time.Since(left); waited < linger {
 		t.Fatalf("unsubscribed %v after the last waiter left, before the linger of %v", waited, linger)
 	}
+
+	// Subscribed again; a poll that outlasts the linger set by the one
+	// before it keeps the channel, and the linger starts over when it
+	// leaves.
 	w, _, err := h.Subscribe(bg, []string{"c"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { Resolve(w.Detach(), false) }()
 	if s := eng.subs.Load(); s != 2 {
 		t.Fatalf("%d subscribes, want a second one after the unsubscribe", s)
+	}
+	leave(w)
+	w, _, _ = h.Subscribe(bg, []string{"c"}, nil)
+	time.Sleep(linger + away)
+	if u := eng.unsubs.Load(); u != 1 {
+		t.Fatalf("%d unsubscribes with a poll waiting, want still 1", u)
+	}
+	leave(w)
+	bounded.Wait(t, "the unsubscribe a linger after the long poll left", 5*time.Second, func() bool { return eng.unsubs.Load() == 2 })
+	if waited := time.Since(left); waited < linger {
+		t.Fatalf("unsubscribed %v after the long poll left, before the linger of %v", waited, linger)
 	}
 }
 

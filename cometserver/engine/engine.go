@@ -5,8 +5,8 @@
 // Its shape follows centrifugal/centrifuge's Broker: Publish returns the
 // message's position; History reads what a channel kept since a position;
 // Subscribe and Unsubscribe are node-level (the hub calls them when the
-// first of its own listeners on a channel arrives and when the last one
-// leaves); publications and channel ends come back through a Handler. An
+// first of its own listeners on a channel arrives and a moment after the
+// last one left); publications and channel ends come back through a Handler. An
 // engine never sees a client: the hub (package channels) fans out to the
 // requests waiting in this process.
 //
@@ -73,6 +73,11 @@ type Engine interface {
 	// Unsubscribe stops them, for the channel of that epoch only: a
 	// channel made again under the same name is another subscription.
 	Unsubscribe(ctx context.Context, id, epoch string) error
+	// Receiving reports whether a subscription to id hands its
+	// publications to this process now: false while a shared engine's
+	// link for it is down, when a request that joins the channel's
+	// listeners would wait for messages that cannot reach it.
+	Receiving(id string) bool
 
 	// Limits returns the settings in force; SetHistory changes the
 	// history's bounds at run time (existing histories are trimmed at

@@ -305,6 +305,11 @@ func TestRedisDownIsNotReady(t *testing.T) {
 		t.Fatalf("metrics say %q while ready", got)
 	}
 
+	// A poll that waits on "c" through the outage keeps this server
+	// subscribed to it: a later poll on "c" must still be refused, not
+	// join a subscription that receives nothing.
+	go httpStatus(t, http.MethodPost, s.client, cometclient.Body("c"))
+	bounded.Wait(t, "a poll waiting on c", 10*time.Second, func() bool { return s.status().Waiting == 1 })
 	r.Stop()
 	bounded.Wait(t, "not ready once Redis is gone", 15*time.Second, func() bool { return !ready() })
 	if code, retry := httpStatus(t, http.MethodPost, s.publisher+"/v1/channels/c/messages", "m"); code != 503 || retry == "" {

@@ -229,9 +229,12 @@ func (e *Engine) Unsubscribe(_ context.Context, id, epoch string) error {
 		c.subscribed = false
 		e.subscribed.Add(-1)
 	}
-	c.lastActive = time.Now() // the idle time counts from the last listener leaving
+	c.lastActive = time.Now() // the idle time counts from the hub's unsubscribe
 	return nil
 }
+
+// Receiving is always true: the engine is this process.
+func (e *Engine) Receiving(string) bool { return true }
 
 // sweep closes idle channels every half expiry period, so a channel lives
 // at most 1.5 times the expiry after its last activity.
@@ -271,7 +274,7 @@ type channel struct {
 
 	mu         sync.Mutex
 	closed     bool
-	subscribed bool // this process's hub has listeners on it
+	subscribed bool // this process's hub has listeners on it, or had a moment ago
 	top        uint64
 	hist       []entry // oldest first, offsets consecutive, ending at top
 	lastActive time.Time

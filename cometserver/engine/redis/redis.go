@@ -501,6 +501,13 @@ func (e *Engine) Unsubscribe(ctx context.Context, id, epoch string) error {
 	return e.parts[partitionOf(id)].unsubscribe(ctx, id, epoch)
 }
 
+// Receiving is false while id's partition's PUB/SUB connection is down or
+// its last probe is late, as for readiness (Status).
+func (e *Engine) Receiving(id string) bool {
+	ready, _, _ := e.parts[partitionOf(id)].health()
+	return ready
+}
+
 // backoff waits 100 ms, doubling to 5 s, each wait jittered by up to half.
 type backoff struct{ d time.Duration }
 

@@ -456,8 +456,15 @@ func TestHungRedisIsNotReady(t *testing.T) {
 	bounded.Test(t, 2*time.Minute)
 	b := backends(t)[0]
 	e, _ := newEngine(t, b, "hung", history)
+	if _, err := e.Create(bg, "w"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Subscribe(bg, "w"); err != nil || !e.Receiving("w") {
+		t.Fatalf("subscribed with Redis up: %v, receiving %v", err, e.Receiving("w"))
+	}
 	b.server.Pause()
 	bounded.Wait(t, "a hung Redis to make the engine not ready", 10*time.Second, func() bool { return !e.Status().Ready })
+	bounded.Wait(t, "the subscription to count as not receiving", 10*time.Second, func() bool { return !e.Receiving("w") })
 	if _, err := e.Create(bg, "x"); !errors.Is(err, engine.ErrUnavailable) {
 		t.Errorf("create with Redis hung: %v", err)
 	}
@@ -466,6 +473,9 @@ func TestHungRedisIsNotReady(t *testing.T) {
 	}
 	b.server.Resume()
 	bounded.Wait(t, "the engine to be ready again", 15*time.Second, func() bool { return e.Status().Ready })
+	if !e.Receiving("w") {
+		t.Error("the subscription does not count as receiving once the engine is ready again")
+	}
 	if _, err := e.Create(bg, "x"); err != nil {
 		t.Fatal(err)
 	}
