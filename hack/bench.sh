@@ -2,14 +2,17 @@
 # Installs the peers (nginx + Nchan, Pushpin) from Debian where missing, then
 # runs every cometbench scenario against this checkout's comet server and the
 # peers, and rewrites docs/benchmarks.md and docs/benchmarks-latency.png.
-# A benchmark, not a test: it takes about 10 minutes and loads the machine.
+# A benchmark, not a test: it takes about 40 minutes and loads the machine.
 #
-#   hack/bench.sh                 # all three servers
-#   SERVERS=comet,nchan hack/bench.sh  # comet-nohistory, comet-resume: the comet server with history off, with resuming clients
+#   hack/bench.sh                      # every server below
+#   SERVERS=comet,nchan hack/bench.sh  # a few of them
+#
+# comet-nohistory, comet-resume: the comet server with history off, with
+# resuming clients; comet-redis, nchan-redis: three of each on one Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVERS=${SERVERS:-comet,comet-nohistory,comet-resume,comet-redis,nchan,pushpin}
+SERVERS=${SERVERS:-comet,comet-nohistory,comet-resume,comet-redis,nchan,nchan-redis,pushpin}
 [[ $SERVERS == *-redis* ]] && hack/install-redis.sh
 packages=()
 [[ $SERVERS == *nchan* ]] && packages+=(nginx-light libnginx-mod-nchan)
