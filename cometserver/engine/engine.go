@@ -6,9 +6,9 @@
 // message's position; History reads what a channel kept since a position;
 // Subscribe and Unsubscribe are node-level (the hub calls them when the
 // first of its own listeners on a channel arrives and a moment after the
-// last one left); publications and channel ends come back through a Handler. An
-// engine never sees a client: the hub (package channels) fans out to the
-// requests waiting in this process.
+// last one left); publications and channel ends come back through a
+// Handler. An engine never sees a client: the hub (package channels) fans
+// out to the requests waiting in this process.
 //
 // The in-memory engine (engine/memory) is the default; a shared one (Redis)
 // lives in its own package behind the same interface.
