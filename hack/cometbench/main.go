@@ -19,8 +19,10 @@
 // Servers: comet (this project's), nchan (nginx with Nchan, Debian's
 // nginx-light and libnginx-mod-nchan, configured by peers/nchan.conf) and
 // pushpin (Debian's pushpin with zurl, configured by peers/pushpin.conf, in
-// front of an origin inside this tool). Each scenario runs every server in
-// turn, on the same machine and the same work.
+// front of an origin inside this tool); comet-redis and nchan-redis run
+// three of comet or of nchan on one redis-server, with the clients spread
+// evenly over the three. Each scenario runs every server in turn, on the
+// same machine and the same work.
 package main
 
 import (
