@@ -189,7 +189,8 @@ func (h *Hub) Subscribe(ctx context.Context, ids []string, r *Resume) (w *Waiter
 			w.merge(l.id, since, engine.History{Top: since})
 			continue
 		}
-		hist, err := h.eng.History(ctx, l.id, &since)
+		after := since // &since would put every poll's since on the heap, read or not
+		hist, err := h.eng.History(ctx, l.id, &after)
 		switch {
 		case errors.Is(err, engine.ErrNotFound):
 			// Ended since we listened: its end marker is on its way to w.

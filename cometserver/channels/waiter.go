@@ -31,6 +31,7 @@ type Waiter struct {
 	ready    chan struct{}      // gets a token when there is news
 	onReady  func(bool)         // called, outside the lock, when there is news
 	inline   [1]Event           // most replies carry one event: no allocation for it in a broadcast
+	oneSub   [1]*local          // most polls listen on one channel: no allocation for subs
 }
 
 // MaxReplayBytes bounds the payload bytes that histories add to one
@@ -50,7 +51,7 @@ type cursor struct {
 
 func newWaiter(ids []string, resume bool, from map[string]engine.Position) *Waiter {
 	w := &Waiter{ready: make(chan struct{}, 1), budget: MaxReplayBytes}
-	w.events = w.inline[:0]
+	w.events, w.subs = w.inline[:0], w.oneSub[:0]
 	if resume {
 		w.cursors = make(map[string]*cursor, len(ids))
 		for _, id := range ids {

@@ -146,12 +146,11 @@ func (l *parkLoop) run(raw syscall.RawConn) {
 // readable: a byte sent ahead, kept for the next request, or the end of
 // the connection. It reports false if the client left.
 func (c *parked) takeByte() bool {
-	var n int
-	var err error
 	c.mu.Lock()
 	c.edge = false
 	c.mu.Unlock()
-	if cerr := c.raw.Control(func(fd uintptr) { n, err = unix.Read(int(fd), c.one[:]) }); cerr != nil {
+	n, err, cerr := rawCall(c.raw, false, c.one[:])
+	if cerr != nil {
 		return false
 	}
 	switch {
@@ -171,15 +170,8 @@ func (c *parked) takeByte() bool {
 // writeNow writes what the socket takes of b without waiting:
 // errWouldBlock if it takes nothing. Through Control, as readNow.
 func (c *parked) writeNow(b []byte) (int, error) {
-	var n int
-	var err error
-	if cerr := c.raw.Control(func(fd uintptr) {
-		for {
-			if n, err = unix.Write(int(fd), b); err != unix.EINTR {
-				return
-			}
-		}
-	}); cerr != nil {
+	n, err, cerr := rawCall(c.raw, true, b)
+	if cerr != nil {
 		return 0, cerr
 	}
 	switch {
@@ -195,9 +187,8 @@ func (c *parked) writeNow(b []byte) (int, error) {
 // it holds nothing. Through Control, not RawConn.Read: a read deadline
 // left from an earlier wait, passed or not, must not decide it.
 func (c *parked) readNow(b []byte) (int, error) {
-	var n int
-	var err error
-	if cerr := c.raw.Control(func(fd uintptr) { n, err = unix.Read(int(fd), b) }); cerr != nil {
+	n, err, cerr := rawCall(c.raw, false, b)
+	if cerr != nil {
 		return 0, cerr
 	}
 	switch {
@@ -209,4 +200,48 @@ func (c *parked) readNow(b []byte) (int, error) {
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.conn.LocalAddr(), Addr: c.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 	}
 	return 0, io.EOF
+}
+
+// rawIO makes a read or write that does not wait, through
+// RawConn.Control, with functions bound once (rawIOs): a closure that
+// captures its results escapes to the heap, and those cost about four
+// allocations per delivery. Pooled rather than kept per connection, whose
+// size class a waiting poll pays for.
+type rawIO struct {
+	b           []byte
+	n           int
+	err         error
+	read, write func(fd uintptr)
+}
+
+var rawIOs = sync.Pool{New: func() any {
+	s := new(rawIO)
+	s.read, s.write = s.readFD, s.writeFD
+	return s
+}}
+
+func (s *rawIO) readFD(fd uintptr) { s.n, s.err = unix.Read(int(fd), s.b) }
+
+func (s *rawIO) writeFD(fd uintptr) {
+	for {
+		if s.n, s.err = unix.Write(int(fd), s.b); s.err != unix.EINTR {
+			return
+		}
+	}
+}
+
+// rawCall makes one read (write false) or write of b on raw: the system
+// call's count and error, and Control's (the connection closed, say).
+func rawCall(raw syscall.RawConn, write bool, b []byte) (n int, err, ctlErr error) {
+	s := rawIOs.Get().(*rawIO)
+	s.b = b
+	if write {
+		ctlErr = raw.Control(s.write)
+	} else {
+		ctlErr = raw.Control(s.read)
+	}
+	n, err = s.n, s.err
+	s.b, s.n, s.err = nil, 0, nil // b is the caller's, often pooled
+	rawIOs.Put(s)
+	return n, err, ctlErr
 }

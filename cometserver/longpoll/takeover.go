@@ -412,18 +412,20 @@ func (c *parked) parkIn(p *poll) bool {
 		c.mu.Unlock()
 		return false
 	}
-	var err error
-	if cerr := c.raw.Control(func(fd uintptr) { err = c.loop.watch(int(fd), c) }); cerr != nil {
-		c.mu.Unlock()
-		return false // closed meanwhile (a forced shutdown)
-	}
-	if err != nil {
-		// The set is full (fs.epoll.max_user_watches), say: this
-		// connection's polls wait on their goroutine from now on.
-		c.loop = nil
-		c.mu.Unlock()
-		c.h.o.Logger.Warn("cannot park a comet connection, waiting on a goroutine", "err", err)
-		return false
+	if c.loopID == 0 { // added at its first park only: a later one finds it there
+		var err error
+		if cerr := c.raw.Control(func(fd uintptr) { err = c.loop.watch(int(fd), c) }); cerr != nil {
+			c.mu.Unlock()
+			return false // closed meanwhile (a forced shutdown)
+		}
+		if err != nil {
+			// The set is full (fs.epoll.max_user_watches), say: this
+			// connection's polls wait on their goroutine from now on.
+			c.loop = nil
+			c.mu.Unlock()
+			c.h.o.Logger.Warn("cannot park a comet connection, waiting on a goroutine", "err", err)
+			return false
+		}
 	}
 	c.releaseReader() // a parked connection holds no buffer
 	c.here = false    // whoever resumes it says
