@@ -19,8 +19,6 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/cometop/comet-operator/cometserver/channels"
 	"github.com/cometop/comet-operator/cometserver/channels/channelstest"
 	"github.com/cometop/comet-operator/cometserver/engine"
@@ -96,13 +94,7 @@ func (e *env) serverUnread(c *rawConn) int {
 	if server == nil {
 		e.t.Fatal("no server side for the connection")
 	}
-	raw, err := server.SyscallConn()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	n := -1
-	raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
-	return n
+	return socketQueue(e.t, server, unreadQueue)
 }
 
 // waitDrained waits until the server has read everything the client sent
@@ -110,15 +102,6 @@ func (e *env) serverUnread(c *rawConn) int {
 // server's receive queue.
 func (e *env) waitDrained(c *rawConn) {
 	e.t.Helper()
-	queued := func(conn *net.TCPConn, req uint) int {
-		raw, err := conn.SyscallConn()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		n := -1
-		raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), req) })
-		return n
-	}
 	e.mu.Lock()
 	server := e.accepted[c.c.LocalAddr().String()]
 	e.mu.Unlock()
@@ -126,7 +109,7 @@ func (e *env) waitDrained(c *rawConn) {
 		e.t.Fatal("no server side for the connection")
 	}
 	waitFor(e.t, "the server to read what was sent", func() bool {
-		return queued(c.c.(*net.TCPConn), unix.SIOCOUTQ) == 0 && queued(server, unix.SIOCINQ) == 0
+		return socketQueue(e.t, c.c.(*net.TCPConn), unsentQueue) == 0 && socketQueue(e.t, server, unreadQueue) == 0
 	})
 }
 
