@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/cometserver/engine/memory"
@@ -1200,5 +1201,41 @@ func TestNoLingerUnsubscribesAtOnce(t *testing.T) {
 	Resolve(w.Detach(), false)
 	if u := eng.unsubs.Load(); u != 1 {
 		t.Fatalf("%d unsubscribes right after the last waiter left, want 1", u)
+	}
+}
+
+// A waiting poll pays for its Waiter's size class (the memory per waiting
+// request), and a poll on a channel this process already listens on
+// allocates only its waiter and the waiter's ready channel, plus a
+// resuming poll's cursors: no position, no channel list, no history read.
+func TestAPollOnASubscribedChannelAllocatesItsWaiterOnly(t *testing.T) {
+	if size := unsafe.Sizeof(Waiter{}); size > 192 {
+		t.Errorf("a Waiter takes %d bytes, over the 192-byte size class", size)
+	}
+	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
+	defer eng.Stop()
+	h := New(eng)
+	h.Create(bg, "c")
+	_, top, _ := h.Write(bg, "c", []byte("first"))
+	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	defer func() { Resolve(keep.Detach(), false) }()
+	for _, tc := range []struct {
+		name   string
+		resume *Resume
+		max    float64
+	}{
+		{"plain", nil, 2},
+		{"resuming at the top", &Resume{From: map[string]engine.Position{"c": top}}, 5}, // and its cursors: a map (two objects), a cursor
+	} {
+		allocs := testing.AllocsPerRun(100, func() {
+			w, _, err := h.Subscribe(bg, []string{"c"}, tc.resume)
+			if err != nil {
+				t.Fatal(err)
+			}
+			Resolve(w.Detach(), false)
+		})
+		if allocs > tc.max {
+			t.Errorf("%s: %.1f allocations per poll, want at most %.0f", tc.name, allocs, tc.max)
+		}
 	}
 }

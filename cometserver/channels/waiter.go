@@ -275,7 +275,7 @@ func (w *Waiter) merge(id string, since engine.Position, hist engine.History) {
 // its reply must carry. The caller must Resolve them.
 func (w *Waiter) Detach() []Event {
 	w.mu.Lock()
-	events, subs := w.events, w.subs
+	events, subs := w.events, w.subs // subs may be w.oneSub: left as it is
 	w.events, w.subs, w.detached, w.onReady = nil, nil, true, nil
 	w.mu.Unlock()
 	for _, l := range subs {

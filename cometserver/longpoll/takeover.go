@@ -412,7 +412,10 @@ func (c *parked) parkIn(p *poll) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if c.loopID == 0 { // added at its first park only: a later one finds it there
+	// Added at its first park only. A later park does not notice a close:
+	// only Shutdown closes a connection from outside, after setting
+	// closing, and the check after the park below wakes it.
+	if c.loopID == 0 {
 		var err error
 		if cerr := c.raw.Control(func(fd uintptr) { err = c.loop.watch(int(fd), c) }); cerr != nil {
 			c.mu.Unlock()
