@@ -43,6 +43,14 @@ import (
 // it: it is a constant, not a setting.
 const Partitions = 16
 
+// connBuffer sizes each Redis connection's read and write buffers, unless
+// Options.Client does. rueidis's default, 0.5 MiB each way, is made for
+// large values; a server holds Partitions PUB/SUB connections and a few
+// pipelines, which carry messages of kilobytes (a larger one goes through
+// the buffer in pieces). The defaults were 20 MiB of a server's heap, and
+// Go's GC lets the heap grow to twice what is live.
+const connBuffer = 64 << 10
+
 // Options configure an engine.
 type Options struct {
 	// Client is the Redis client's option (address, TLS, credentials);
@@ -92,6 +100,12 @@ func New(o Options) (*Engine, error) {
 	}
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = 2 * time.Second
+	}
+	if o.Client.ReadBufferEachConn == 0 {
+		o.Client.ReadBufferEachConn = connBuffer
+	}
+	if o.Client.WriteBufferEachConn == 0 {
+		o.Client.WriteBufferEachConn = connBuffer
 	}
 	if o.ProbeInterval <= 0 {
 		o.ProbeInterval = time.Second

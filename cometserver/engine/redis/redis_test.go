@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -513,5 +514,53 @@ func TestLostWritesGetANewEpoch(t *testing.T) {
 	}
 	if h, err := pub.History(bg, "l", &engine.Position{Offset: 3, Epoch: top.Epoch}); err != nil || !h.Gap {
 		t.Fatalf("resume from the old epoch: %+v %v; want a gap", h, err)
+	}
+}
+
+// The connections' buffers are smaller than rueidis's (connBuffer): a
+// message several times their size still goes through whole, live to
+// another server and from the history.
+func TestMessagesLargerThanTheConnectionBuffers(t *testing.T) {
+	bounded.Test(t, 2*time.Minute)
+	payload := make([]byte, 4*connBuffer+1)
+	for i := range payload {
+		payload[i] = byte('a' + i%26)
+	}
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			a, _ := newEngine(t, b, "big", history)
+			c, rc := newEngine(t, b, "big", history)
+			if a.o.Client.ReadBufferEachConn != connBuffer || a.o.Client.WriteBufferEachConn != connBuffer {
+				t.Fatalf("buffers %d and %d, want %d", a.o.Client.ReadBufferEachConn, a.o.Client.WriteBufferEachConn, connBuffer)
+			}
+			if _, err := a.Create(bg, "c"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Subscribe(bg, "c"); err != nil {
+				t.Fatal(err)
+			}
+			pos, err := a.Publish(bg, "c", payload, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bounded.Wait(t, "the other server to get the message", 10*time.Second, func() bool {
+				rc.mu.Lock()
+				defer rc.mu.Unlock()
+				return len(rc.pubs["c"]) == 1
+			})
+			rc.mu.Lock()
+			live := rc.pubs["c"][0]
+			rc.mu.Unlock()
+			if live.Position != pos || !bytes.Equal(live.Payload, payload) {
+				t.Fatalf("live: position %v, %d bytes; want %v, the %d bytes published", live.Position, len(live.Payload), pos, len(payload))
+			}
+			h, err := c.History(bg, "c", &engine.Position{Offset: 0, Epoch: pos.Epoch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(h.Publications) != 1 || !bytes.Equal(h.Publications[0].Payload, payload) {
+				t.Fatalf("history: %d publications, want the one published whole", len(h.Publications))
+			}
+		})
 	}
 }
