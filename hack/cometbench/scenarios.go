@@ -143,7 +143,7 @@ func hold(name, cometBin string, clients, channelCount int) (holdRow, error) {
 		brokerCPU = &b
 	}
 	held := rssKiB(srv.PIDs()...)
-	if c, ok := srv.(*cometTarget); ok && profileFile != "" {
+	if c := profiledServer(srv); c != nil && profileFile != "" {
 		if err := c.fetch("/debug/pprof/heap", profileFile); err != nil {
 			return holdRow{}, fmt.Errorf("heap profile: %w", err)
 		}
