@@ -1215,9 +1215,17 @@ func TestAPollOnASubscribedChannelAllocatesItsWaiterOnly(t *testing.T) {
 	eng := memory.New(engine.Limits{HistorySize: 10, HistoryTTL: time.Minute})
 	defer eng.Stop()
 	h := New(eng)
-	h.Create(bg, "c")
-	_, top, _ := h.Write(bg, "c", []byte("first"))
-	keep, _, _ := h.Subscribe(bg, []string{"c"}, nil)
+	if _, err := h.Create(bg, "c"); err != nil {
+		t.Fatal(err)
+	}
+	_, top, err := h.Write(bg, "c", []byte("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, _, err := h.Subscribe(bg, []string{"c"}, nil) // this process listens on c from here
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer func() { Resolve(keep.Detach(), false) }()
 	for _, tc := range []struct {
 		name   string
