@@ -74,7 +74,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		state:   security.New(cfg.Activated, cfg.Timeout.Duration),
 		started: time.Now(),
 	}
-	if s.engine, err = newEngine(cfg); err != nil {
+	if s.engine, err = newEngine(cfg, log); err != nil {
 		return nil, err
 	}
 	s.hub = channels.New(s.engine)
@@ -292,7 +292,7 @@ func (s *Server) closeAll() {
 }
 
 // newEngine makes the engine cfg.Broker names.
-func newEngine(cfg config.Config) (engine.Engine, error) {
+func newEngine(cfg config.Config, log *slog.Logger) (engine.Engine, error) {
 	limits := engine.Limits{
 		MaxVirtualChannels: cfg.MaxVirtualChannels.Ptr(),
 		IdleExpiry:         cfg.ChannelIdleExpiry.Duration,
@@ -327,7 +327,7 @@ func newEngine(cfg config.Config) (engine.Engine, error) {
 		opt.TLSConfig.RootCAs = roots // ParseURL made TLSConfig for rediss://
 	}
 	opt.ClientName = "cometserver"
-	return redisengine.New(redisengine.Options{Client: opt, Prefix: cfg.RedisPrefix, Limits: limits})
+	return redisengine.New(redisengine.Options{Client: opt, Prefix: cfg.RedisPrefix, Limits: limits, Logger: log})
 }
 
 // historyStats is what the in-memory engine's histories hold; a shared

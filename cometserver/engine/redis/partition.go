@@ -40,8 +40,9 @@ type partition struct {
 	probeSent time.Time        // of the probe not back yet; zero if none
 	probeGot  time.Time
 	rtt       time.Duration
-	up        bool // connected and subscribed
-	gen       int  // counts connections: a subscribe spanning two catches up
+	up        bool   // connected and subscribed
+	gen       int    // counts connections: a subscribe spanning two catches up
+	boot      string // Redis's boot mark, read as this connection was made
 }
 
 // sub is one watched channel.
@@ -51,7 +52,13 @@ type sub struct {
 	told     string // the epoch the handler knows: of Subscribe's position or the last publication handed
 	subEpoch string // the epoch Subscribe returned: Unsubscribe names it
 	last     uint64 // the offset of the last publication handed
-	buf      []message
+	// boot is Redis's boot mark, read before this server last found the
+	// channel there: if the channel is missing later and the mark has
+	// changed, Redis lost it (made again); if not, it was closed (ended).
+	// Per channel: a mark taken by the engine once would tell only the
+	// first channel caught up after a loss.
+	boot string
+	buf  []message
 }
 
 type subState int
@@ -144,6 +151,14 @@ func (p *partition) connect() (<-chan error, error) {
 		}
 	}
 	p.mu.Unlock()
+	// Before subscribing: what this connection's subscribes then find
+	// lives in the data set of that mark, or of a later one.
+	boot, err := p.e.readBoot()
+	if err != nil {
+		conn.Close()
+		release()
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.e.o.OpTimeout)
 	defer cancel()
 	if err := conn.Do(ctx, conn.B().Ssubscribe().Channel(chans...).Build()).Error(); err != nil {
@@ -152,7 +167,7 @@ func (p *partition) connect() (<-chan error, error) {
 		return nil, fmt.Errorf("subscribing: %w", err)
 	}
 	p.mu.Lock()
-	p.conn, p.up = &dedicated{conn, release}, true
+	p.conn, p.up, p.boot = &dedicated{conn, release}, true, boot
 	p.probeSent = time.Time{}
 	p.gen++
 	p.mu.Unlock()
@@ -346,8 +361,31 @@ func (p *partition) forget(token string) {
 // catchUp reads what each channel in ids has after what its handler has,
 // hands it, then what came through PUB/SUB meanwhile.
 func (p *partition) catchUp(ids []string) {
+	// Once for the batch, before any channel is read: a channel found
+	// after it lives in the data set of that mark, or of a later one.
+	boot, bootErr := p.e.readBoot()
+	var remade, ended int
+	defer func() {
+		if remade+ended > 0 {
+			// made_again: Redis lost its data (its boot mark changed), and
+			// their clients are told of the gap; ended: closed meanwhile.
+			p.e.o.Logger.Warn("redis engine: watched channels missing from Redis after a reconnect",
+				"partition", p.k, "made_again", remade, "ended", ended)
+		}
+	}()
 	for _, id := range ids {
-		if err := p.catchUpOne(id); err != nil {
+		err := bootErr
+		var got caughtUp
+		if err == nil {
+			got, err = p.catchUpOne(id, boot)
+		}
+		switch got {
+		case madeAgain:
+			remade++
+		case closedMeanwhile:
+			ended++
+		}
+		if err != nil {
 			p.e.noteError(fmt.Errorf("catching up channel %q: %w", id, err))
 			// The partition reconnects when its probe fails; until then
 			// the channel waits in catching and buffers.
@@ -364,36 +402,44 @@ func (p *partition) catchUp(ids []string) {
 	}
 }
 
-func (p *partition) catchUpOne(id string) error {
+// caughtUp says what a catch-up found of a channel missing from Redis.
+type caughtUp int
+
+const (
+	found caughtUp = iota
+	madeAgain
+	closedMeanwhile
+)
+
+// catchUpOne catches channel id up; boot is Redis's boot mark, read
+// before.
+func (p *partition) catchUpOne(id, boot string) (caughtUp, error) {
 	p.mu.Lock()
 	s := p.subs[id]
 	if s == nil || s.state != catching {
 		p.mu.Unlock()
-		return nil
+		return found, nil
 	}
-	epoch, from := s.epoch, s.last+1
+	epoch, from, seenIn := s.epoch, s.last+1, s.boot
 	p.mu.Unlock()
 
 	var top engine.Position
 	var pubs []engine.Publication
-	ended := false
+	got := found
 	err := p.e.do(context.Background(), "catch up", func(ctx context.Context, c rueidis.Client) error {
 		var err error
 		top, pubs, err = p.e.history(ctx, c, id, from)
 		if errors.Is(err, engine.ErrNotFound) {
 			// Closed while we were away, or Redis lost its data: the boot
 			// mark tells which. Lost: make the channel again (new epoch).
-			lost, err := p.e.lostData(ctx, c)
-			if err != nil {
-				return err
-			}
-			if !lost {
-				ended = true
+			if boot == seenIn {
+				got = closedMeanwhile
 				return nil
 			}
 			if err := p.e.remake(ctx, c, id); err != nil {
 				return err
 			}
+			got = madeAgain
 			top, pubs, err = p.e.history(ctx, c, id, 1)
 			return err
 		}
@@ -415,18 +461,19 @@ func (p *partition) catchUpOne(id string) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return found, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.subs[id] != s {
-		return nil // unsubscribed meanwhile
+		return got, nil // unsubscribed meanwhile
 	}
-	if ended {
+	if got == closedMeanwhile {
 		p.drop(id)
 		p.e.handler.HandleEnd(id, s.told)
-		return nil
+		return got, nil
 	}
+	s.boot = boot // found (or made again) after reading it
 	if top.Epoch != s.epoch {
 		s.epoch, s.last = top.Epoch, 0
 	}
@@ -455,14 +502,14 @@ func (p *partition) catchUpOne(id string) error {
 		if msg.end || msg.pos.Epoch != s.epoch || msg.pos.Offset <= s.last+1 {
 			p.deliver(id, s, msg)
 			if p.subs[id] != s {
-				return nil // ended
+				return got, nil // ended
 			}
 			continue
 		}
 		// Still a hole after reading the Stream: trimmed before we read it.
 		p.hand(id, s, msg.pos, msg.payload, msg.token)
 	}
-	return nil
+	return got, nil
 }
 
 // remake makes channel id again after Redis lost it, with a new epoch, and
@@ -493,7 +540,7 @@ func (p *partition) subscribe(ctx context.Context, id string) (engine.Position, 
 		p.mu.Unlock()
 		return pos, nil
 	}
-	s = &sub{state: subscribing}
+	s = &sub{state: subscribing, boot: p.boot} // read before the history below
 	p.subs[id] = s
 	gen := p.gen
 	p.mu.Unlock()

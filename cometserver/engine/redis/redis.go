@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,9 @@ type Options struct {
 	// (default 1s); a probe not back within ProbeTimeout (default 3s)
 	// counts the connection dead.
 	ProbeInterval, ProbeTimeout time.Duration
+	// Logger gets the engine's failures (a line a second at most) and the
+	// channels it found missing after a reconnect; nil: none.
+	Logger *slog.Logger
 }
 
 // Engine is the Redis engine.
@@ -81,9 +85,10 @@ type Engine struct {
 
 	parts [Partitions]*partition
 
-	mu      sync.Mutex
-	lastErr string
-	boot    string // the registry's boot mark when first seen
+	mu         sync.Mutex
+	lastErr    string
+	loggedAt   time.Time // of the last failure logged
+	suppressed int       // failures not logged since
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -113,6 +118,9 @@ func New(o Options) (*Engine, error) {
 	if o.ProbeTimeout <= 0 {
 		o.ProbeTimeout = 3 * time.Second
 	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	e := &Engine{o: o, node: engine.RandomString(6), stop: make(chan struct{})}
 	e.SetHistory(o.Limits.HistorySize, o.Limits.HistoryTTL)
 	e.SetMaxVirtualChannels(o.Limits.MaxVirtualChannels)
@@ -134,7 +142,10 @@ func (e *Engine) connect() {
 		opt := e.o.Client
 		c, err := rueidis.NewClient(opt)
 		if err == nil {
-			err = e.readBoot(c)
+			// A mark from the start: a loss after it shows as a change.
+			ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
+			_, err = ensureBoot(ctx, c, e.bootKey())
+			cancel()
 			if err != nil {
 				c.Close()
 			}
@@ -196,12 +207,24 @@ func (e *Engine) Status() engine.Status {
 // noteError records the last failure (nil: a success clears it).
 func (e *Engine) noteError(err error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err == nil {
 		e.lastErr = ""
-	} else {
-		e.lastErr = err.Error()
+		e.mu.Unlock()
+		return
 	}
+	e.lastErr = err.Error()
+	// An outage fails every operation and every partition's reconnect:
+	// a line a second says so without flooding the log.
+	now := time.Now()
+	if now.Sub(e.loggedAt) < time.Second {
+		e.suppressed++
+		e.mu.Unlock()
+		return
+	}
+	suppressed := e.suppressed
+	e.loggedAt, e.suppressed = now, 0
+	e.mu.Unlock()
+	e.o.Logger.Warn("redis engine failure", "err", err, "failures_not_logged_since_last", suppressed)
 }
 
 // do runs fn with the client and a bounded context, and turns a backend
@@ -246,18 +269,15 @@ func (e *Engine) keys(id string) (meta, stream, pubsub string) {
 	return t + "m:" + id, t + "s:" + id, t + "p:" + id
 }
 
-// readBoot learns the registry's boot mark, setting one if Redis has none.
-func (e *Engine) readBoot(c rueidis.Client) error {
-	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
-	defer cancel()
-	boot, err := ensureBoot(ctx, c, e.bootKey())
-	if err != nil {
+// readBoot returns Redis's boot mark, setting one if Redis has none (it
+// came back empty): a mark that changed says Redis lost its data since.
+func (e *Engine) readBoot() (string, error) {
+	var boot string
+	err := e.do(context.Background(), "boot mark", func(ctx context.Context, c rueidis.Client) (err error) {
+		boot, err = ensureBoot(ctx, c, e.bootKey())
 		return err
-	}
-	e.mu.Lock()
-	e.boot = boot
-	e.mu.Unlock()
-	return nil
+	})
+	return boot, err
 }
 
 func ensureBoot(ctx context.Context, c rueidis.Client, key string) (string, error) {
@@ -265,20 +285,6 @@ func ensureBoot(ctx context.Context, c rueidis.Client, key string) (string, erro
 		return "", err
 	}
 	return c.Do(ctx, c.B().Get().Key(key).Build()).ToString()
-}
-
-// lostData reports whether Redis lost its data since this engine first
-// saw it (its boot mark changed or went), and takes the new mark.
-func (e *Engine) lostData(ctx context.Context, c rueidis.Client) (bool, error) {
-	boot, err := ensureBoot(ctx, c, e.bootKey())
-	if err != nil {
-		return false, err
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	lost := boot != e.boot
-	e.boot = boot
-	return lost, nil
 }
 
 // Channels.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"github.com/cometop/comet-operator/cometserver/engine"
 	"github.com/cometop/comet-operator/test/bounded"
 	"github.com/cometop/comet-operator/test/redistest"
+	"github.com/cometop/comet-operator/test/syncbuffer"
 )
 
 var bg = context.Background()
@@ -27,6 +30,7 @@ type recorder struct {
 	mu   sync.Mutex
 	pubs map[string][]engine.Publication
 	ends map[string][]string
+	log  syncbuffer.Buffer // the engine's log
 }
 
 func newRecorder() *recorder {
@@ -84,12 +88,13 @@ func backends(t *testing.T) []backend {
 // is ready.
 func newEngine(t *testing.T, b backend, prefix string, l engine.Limits) (*Engine, *recorder) {
 	t.Helper()
+	r := newRecorder()
 	e, err := New(Options{Client: b.client, Prefix: prefix, Limits: l,
-		ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second})
+		ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(&r.log, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newRecorder()
 	e.Register(r)
 	t.Cleanup(e.Stop)
 	bounded.Wait(t, "the engine to be ready", 15*time.Second, func() bool { return e.Status().Ready })
@@ -432,15 +437,36 @@ func TestRedisRestart(t *testing.T) {
 	bounded.Wait(t, "the subscriber to get both", 15*time.Second, func() bool { return rs.got("r") == "1:1 2:2" })
 	bounded.Wait(t, "both to be ready", 15*time.Second, func() bool { return pub.Status().Ready && sub.Status().Ready })
 
-	// Empty: the channel is made again under a new epoch; a resume from
-	// the old one is told of the gap.
+	// Empty: every watched channel is made again under a new epoch (not
+	// only the first one caught up); a resume from the old one is told of
+	// the gap.
+	if _, err := pub.Create(bg, "q"); err != nil {
+		t.Fatal(err)
+	}
+	qTop, err := sub.Subscribe(bg, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
 	b.server.Restart()
-	bounded.Wait(t, "the watched channel to be made again", 20*time.Second, func() bool {
-		info, err := pub.Info(bg, "r")
-		return err == nil && info.Position.Epoch != top.Epoch
-	})
-	if len(rs.ended("r")) != 0 {
-		t.Fatalf("a watched channel ended by an empty restart: %v", rs.ended("r"))
+	for id, old := range map[string]string{"r": top.Epoch, "q": qTop.Epoch} {
+		bounded.Wait(t, "the watched channel "+id+" to be made again", 20*time.Second, func() bool {
+			info, err := pub.Info(bg, id)
+			return err == nil && info.Position.Epoch != old
+		})
+	}
+	for _, id := range []string{"r", "q"} {
+		if len(rs.ended(id)) != 0 {
+			t.Fatalf("watched channel %s ended by an empty restart: %v", id, rs.ended(id))
+		}
+	}
+	// The log says what happened, without naming every channel.
+	remade := 0
+	for _, m := range regexp.MustCompile(`made_again=(\d+) ended=0`).FindAllStringSubmatch(rs.log.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		remade += n
+	}
+	if remade != 2 || !strings.Contains(rs.log.String(), "redis engine failure") {
+		t.Errorf("the subscriber's log says %d channels made again (want 2), or no failure:\n%s", remade, rs.log.String())
 	}
 	pos, err := pub.Publish(bg, "r", []byte("3"), nil)
 	if err != nil || pos.Offset != 1 {
@@ -477,7 +503,10 @@ func TestHungRedisIsNotReady(t *testing.T) {
 	if !e.Receiving("w") {
 		t.Error("the subscription does not count as receiving once the engine is ready again")
 	}
-	if _, err := e.Create(bg, "x"); err != nil {
+	// Another name: the create refused while Redis hung may still have
+	// been applied once it went on (its command was sent, its answer
+	// late), as any write whose answer was lost.
+	if _, err := e.Create(bg, "y"); err != nil {
 		t.Fatal(err)
 	}
 }
