@@ -19,6 +19,7 @@ type Counter struct {
 	mu   sync.Mutex
 	seen map[string]int
 	gaps int
+	ends int
 }
 
 // Follow polls ids until ctx ends, resuming, its n-th poll (from first)
@@ -41,7 +42,9 @@ func (c *Counter) Follow(ctx context.Context, ids []string, first int, endpoint 
 			switch {
 			case m.Gap:
 				c.gaps++
-			case !m.Ended:
+			case m.Ended:
+				c.ends++ // the client follows that channel no more
+			default:
 				c.seen[m.Channel+"/"+string(m.Data)]++
 			}
 		}
@@ -112,6 +115,13 @@ func (c *Counter) Gaps() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.gaps
+}
+
+// Ends is the number of channel ends c was told of.
+func (c *Counter) Ends() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ends
 }
 
 // T is what CheckOnce needs of a *testing.T (this package is also the

@@ -242,6 +242,13 @@ func TestFleetThroughRedisRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, c := range counts {
+				t.Logf("subscriber %d: missing %v, %d gaps, %d channel ends", i, c.Missing(after), c.Gaps(), c.Ends())
+			}
+		}
+	})
 	bounded.Wait(t, "every subscriber to have the message after the empty restart", 30*time.Second, func() bool {
 		for _, c := range counts {
 			if !c.Has(after) {

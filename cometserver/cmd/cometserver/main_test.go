@@ -85,6 +85,14 @@ func startServer(t *testing.T, yaml string, args ...string) *server {
 			s.cmd.Process.Kill()
 			s.cmd.Wait()
 		}
+		if t.Failed() { // what the server said, for a failure seen once in CI
+			select {
+			case <-s.stderrDone:
+				log := s.stderr.Bytes()
+				t.Logf("%s's log (last 8 KiB):\n%s", s.client, log[max(0, len(log)-8<<10):])
+			case <-time.After(5 * time.Second):
+			}
+		}
 	})
 	// Learn the bound addresses from the start-up log line.
 	started := make(chan map[string]any, 1)
