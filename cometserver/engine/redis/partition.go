@@ -40,9 +40,8 @@ type partition struct {
 	probeSent time.Time        // of the probe not back yet; zero if none
 	probeGot  time.Time
 	rtt       time.Duration
-	up        bool   // connected and subscribed
-	gen       int    // counts connections: a subscribe spanning two catches up
-	boot      string // Redis's boot mark, read as this connection was made
+	up        bool // connected and subscribed
+	gen       int  // counts connections: a subscribe spanning two catches up
 }
 
 // sub is one watched channel.
@@ -52,11 +51,11 @@ type sub struct {
 	told     string // the epoch the handler knows: of Subscribe's position or the last publication handed
 	subEpoch string // the epoch Subscribe returned: Unsubscribe names it
 	last     uint64 // the offset of the last publication handed
-	// boot is Redis's boot mark, read before this server last found the
-	// channel there: if the channel is missing later and the mark has
-	// changed, Redis lost it (made again); if not, it was closed (ended).
-	// Per channel: a mark taken by the engine once would tell only the
-	// first channel caught up after a loss.
+	// boot is the partition's boot mark under which this server last
+	// found the channel in Redis (read with it, see markKey): missing
+	// later under the same mark, it was closed (ended); under another,
+	// Redis lost it (made again). Per channel: one mark for the engine,
+	// taken by the first channel caught up, ended the others.
 	boot string
 	buf  []message
 }
@@ -151,14 +150,6 @@ func (p *partition) connect() (<-chan error, error) {
 		}
 	}
 	p.mu.Unlock()
-	// Before subscribing: what this connection's subscribes then find
-	// lives in the data set of that mark, or of a later one.
-	boot, err := p.e.readBoot()
-	if err != nil {
-		conn.Close()
-		release()
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.e.o.OpTimeout)
 	defer cancel()
 	if err := conn.Do(ctx, conn.B().Ssubscribe().Channel(chans...).Build()).Error(); err != nil {
@@ -167,7 +158,7 @@ func (p *partition) connect() (<-chan error, error) {
 		return nil, fmt.Errorf("subscribing: %w", err)
 	}
 	p.mu.Lock()
-	p.conn, p.up, p.boot = &dedicated{conn, release}, true, boot
+	p.conn, p.up = &dedicated{conn, release}, true
 	p.probeSent = time.Time{}
 	p.gen++
 	p.mu.Unlock()
@@ -361,32 +352,24 @@ func (p *partition) forget(token string) {
 // catchUp reads what each channel in ids has after what its handler has,
 // hands it, then what came through PUB/SUB meanwhile.
 func (p *partition) catchUp(ids []string) {
-	// Once for the batch, before any channel is read: a channel found
-	// after it lives in the data set of that mark, or of a later one.
-	boot, bootErr := p.e.readBoot()
 	var remade, ended int
 	defer func() {
 		if remade+ended > 0 {
 			// made_again: Redis lost its data (its boot mark changed), and
 			// their clients are told of the gap; ended: closed meanwhile.
-			p.e.o.Logger.Warn("redis engine: watched channels missing from Redis after a reconnect",
+			p.e.o.Logger.Warn("redis engine: watched channels missing from Redis on catching up",
 				"partition", p.k, "made_again", remade, "ended", ended)
 		}
 	}()
 	for _, id := range ids {
-		err := bootErr
-		var got caughtUp
-		if err == nil {
-			got, err = p.catchUpOne(id, boot)
-		}
+		got, err := p.catchUpOne(id)
 		switch got {
 		case madeAgain:
 			remade++
 		case closedMeanwhile:
 			ended++
 		}
-		if err != nil {
-			p.e.noteError(fmt.Errorf("catching up channel %q: %w", id, err))
+		if err != nil { // noted by e.do
 			// The partition reconnects when its probe fails; until then
 			// the channel waits in catching and buffers.
 			go func() {
@@ -411,9 +394,7 @@ const (
 	closedMeanwhile
 )
 
-// catchUpOne catches channel id up; boot is Redis's boot mark, read
-// before.
-func (p *partition) catchUpOne(id, boot string) (caughtUp, error) {
+func (p *partition) catchUpOne(id string) (caughtUp, error) {
 	p.mu.Lock()
 	s := p.subs[id]
 	if s == nil || s.state != catching {
@@ -425,10 +406,11 @@ func (p *partition) catchUpOne(id, boot string) (caughtUp, error) {
 
 	var top engine.Position
 	var pubs []engine.Publication
+	var boot string
 	got := found
 	err := p.e.do(context.Background(), "catch up", func(ctx context.Context, c rueidis.Client) error {
 		var err error
-		top, pubs, err = p.e.history(ctx, c, id, from)
+		top, pubs, boot, err = p.e.markedHistory(ctx, c, id, from)
 		if errors.Is(err, engine.ErrNotFound) {
 			// Closed while we were away, or Redis lost its data: the boot
 			// mark tells which. Lost: make the channel again (new epoch).
@@ -440,7 +422,7 @@ func (p *partition) catchUpOne(id, boot string) (caughtUp, error) {
 				return err
 			}
 			got = madeAgain
-			top, pubs, err = p.e.history(ctx, c, id, 1)
+			top, pubs, boot, err = p.e.markedHistory(ctx, c, id, 1)
 			return err
 		}
 		if err == nil && top.Epoch == epoch && top.Offset < from-1 {
@@ -473,7 +455,7 @@ func (p *partition) catchUpOne(id, boot string) (caughtUp, error) {
 		p.e.handler.HandleEnd(id, s.told)
 		return got, nil
 	}
-	s.boot = boot // found (or made again) after reading it
+	s.boot = boot // found (or made again) under it
 	if top.Epoch != s.epoch {
 		s.epoch, s.last = top.Epoch, 0
 	}
@@ -540,7 +522,7 @@ func (p *partition) subscribe(ctx context.Context, id string) (engine.Position, 
 		p.mu.Unlock()
 		return pos, nil
 	}
-	s = &sub{state: subscribing, boot: p.boot} // read before the history below
+	s = &sub{state: subscribing}
 	p.subs[id] = s
 	gen := p.gen
 	p.mu.Unlock()
@@ -559,8 +541,9 @@ func (p *partition) subscribe(ctx context.Context, id string) (engine.Position, 
 		return fail(fmt.Errorf("subscribe to %q: %w: %w", id, engine.ErrUnavailable, err))
 	}
 	var top engine.Position
+	var boot string
 	err := p.e.do(ctx, "subscribe", func(ctx context.Context, c rueidis.Client) (err error) {
-		top, _, err = p.e.history(ctx, c, id, 0)
+		top, _, boot, err = p.e.markedHistory(ctx, c, id, 0)
 		return err
 	})
 	if err != nil {
@@ -571,7 +554,7 @@ func (p *partition) subscribe(ctx context.Context, id string) (engine.Position, 
 	if p.subs[id] != s {
 		return engine.Position{}, fmt.Errorf("subscribe to %q: connection lost: %w", id, engine.ErrUnavailable)
 	}
-	s.epoch, s.told, s.subEpoch, s.last = top.Epoch, top.Epoch, top.Epoch, top.Offset
+	s.epoch, s.told, s.subEpoch, s.last, s.boot = top.Epoch, top.Epoch, top.Epoch, top.Offset, boot
 	if p.gen != gen {
 		// A reconnect came between: what the old connection lost is in
 		// the Stream.

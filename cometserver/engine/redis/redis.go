@@ -142,9 +142,8 @@ func (e *Engine) connect() {
 		opt := e.o.Client
 		c, err := rueidis.NewClient(opt)
 		if err == nil {
-			// A mark from the start: a loss after it shows as a change.
 			ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
-			_, err = ensureBoot(ctx, c, e.bootKey())
+			err = c.Do(ctx, c.B().Ping().Build()).Error()
 			cancel()
 			if err != nil {
 				c.Close()
@@ -253,7 +252,14 @@ func (e *Engine) do(ctx context.Context, what string, fn func(ctx context.Contex
 // Keys.
 
 func (e *Engine) registry() string { return e.o.Prefix + ":{r}:channels" }
-func (e *Engine) bootKey() string  { return e.o.Prefix + ":{r}:boot" }
+
+// markKey is partition k's boot mark: random, set when Redis has none.
+// A watched channel missing from Redis under the mark it was found under
+// was closed; under another, Redis lost it. One per partition, in the
+// partition's slot: a Cluster master that lost its data alone changes the
+// marks of its own partitions, and the history script reads a channel and
+// its mark in one step.
+func (e *Engine) markKey(k int) string { return e.tag(k) + "boot" }
 
 func partitionOf(id string) int {
 	h := fnv.New32a()
@@ -267,24 +273,6 @@ func (e *Engine) tag(k int) string { return e.o.Prefix + ":{p" + strconv.Itoa(k)
 func (e *Engine) keys(id string) (meta, stream, pubsub string) {
 	t := e.tag(partitionOf(id))
 	return t + "m:" + id, t + "s:" + id, t + "p:" + id
-}
-
-// readBoot returns Redis's boot mark, setting one if Redis has none (it
-// came back empty): a mark that changed says Redis lost its data since.
-func (e *Engine) readBoot() (string, error) {
-	var boot string
-	err := e.do(context.Background(), "boot mark", func(ctx context.Context, c rueidis.Client) (err error) {
-		boot, err = ensureBoot(ctx, c, e.bootKey())
-		return err
-	})
-	return boot, err
-}
-
-func ensureBoot(ctx context.Context, c rueidis.Client, key string) (string, error) {
-	if err := c.Do(ctx, c.B().Set().Key(key).Value(engine.RandomString(6)).Nx().Build()).Error(); err != nil && !rueidis.IsRedisNil(err) {
-		return "", err
-	}
-	return c.Do(ctx, c.B().Get().Key(key).Build()).ToString()
 }
 
 // Channels.
@@ -397,39 +385,49 @@ func (e *Engine) Publish(ctx context.Context, id string, payload []byte, tracker
 // history reads channel id's position and kept messages from offset from
 // on (none if from is 0), dropping those older than the history TTL.
 func (e *Engine) history(ctx context.Context, c rueidis.Client, id string, from uint64) (top engine.Position, pubs []engine.Publication, err error) {
+	top, pubs, _, err = e.markedHistory(ctx, c, id, from)
+	return top, pubs, err
+}
+
+// markedHistory is history with the boot mark of the channel's partition
+// read in the same step: ErrNotFound comes with the mark too.
+func (e *Engine) markedHistory(ctx context.Context, c rueidis.Client, id string, from uint64) (top engine.Position, pubs []engine.Publication, mark string, err error) {
 	meta, stream, _ := e.keys(id)
 	arg := ""
 	if from > 0 {
 		arg = strconv.FormatUint(from, 10)
 	}
-	r, err := historyScript.Exec(ctx, c, []string{meta, stream}, []string{arg}).ToArray()
-	if rueidis.IsRedisNil(err) {
-		return top, nil, engine.ErrNotFound
-	}
+	r, err := historyScript.Exec(ctx, c, []string{meta, stream, e.markKey(partitionOf(id))}, []string{arg, engine.RandomString(6)}).ToArray()
 	if err != nil {
-		return top, nil, err
+		return top, nil, "", err
 	}
-	if len(r) != 4 {
-		return top, nil, fmt.Errorf("history script answered %d values", len(r))
+	if len(r) != 1 && len(r) != 5 {
+		return top, nil, "", fmt.Errorf("history script answered %d values", len(r))
 	}
-	if top.Epoch, err = r[0].ToString(); err != nil {
-		return top, nil, err
+	if mark, err = r[0].ToString(); err != nil {
+		return top, nil, "", err
 	}
-	t, err := r[1].ToString()
+	if len(r) == 1 {
+		return top, nil, mark, engine.ErrNotFound
+	}
+	if top.Epoch, err = r[1].ToString(); err != nil {
+		return top, nil, "", err
+	}
+	t, err := r[2].ToString()
 	if err != nil {
-		return top, nil, err
+		return top, nil, "", err
 	}
 	if top.Offset, err = strconv.ParseUint(t, 10, 64); err != nil {
-		return top, nil, fmt.Errorf("channel %q: top offset %q: %w", id, t, err)
+		return top, nil, "", fmt.Errorf("channel %q: top offset %q: %w", id, t, err)
 	}
-	nowS, err := r[2].ToString()
+	nowS, err := r[3].ToString()
 	if err != nil {
-		return top, nil, err
+		return top, nil, "", err
 	}
 	now, _ := strconv.ParseInt(nowS, 10, 64)
-	entries, err := r[3].AsXRange()
+	entries, err := r[4].AsXRange()
 	if err != nil {
-		return top, nil, err
+		return top, nil, "", err
 	}
 	oldest := now - e.HistoryTTL().Milliseconds()
 	size := e.HistorySize()
@@ -448,7 +446,7 @@ func (e *Engine) history(ctx context.Context, c rueidis.Client, id string, from 
 			Tracker:  x.FieldValues["k"], // the token; the partition turns it into a tracker
 		})
 	}
-	return top, pubs, nil
+	return top, pubs, mark, nil
 }
 
 func cutDash(id string) (uint64, string, bool) {

@@ -64,15 +64,22 @@ return {top, e}
 `)
 
 // history reads a channel's position and the kept messages from an
-// offset on. KEYS: meta, stream. ARGV: first offset ("" for none).
-// Returns {epoch, top, now (ms), entries}, or nil if the channel is not
-// live.
+// offset on, with its partition's boot mark (set to a new one if Redis
+// has none: it lost its data), in the same step: "found under this mark"
+// or "missing under this mark". KEYS: meta, stream, the partition's mark.
+// ARGV: first offset ("" for none), a new mark. Returns {mark, epoch,
+// top, now (ms), entries}, or {mark} if the channel is not live.
 var historyScript = rueidis.NewLuaScript(nowMS + `
+local b = redis.call('GET', KEYS[3])
+if not b then
+  b = ARGV[2]
+  redis.call('SET', KEYS[3], b)
+end
 local m = redis.call('HMGET', KEYS[1], 'e', 't')
-if not m[1] then return false end
+if not m[1] then return {b} end
 local entries = {}
 if ARGV[1] ~= '' then entries = redis.call('XRANGE', KEYS[2], ARGV[1] .. '-0', '+') end
-return {m[1], m[2], ms, entries}
+return {b, m[1], m[2], ms, entries}
 `)
 
 // closeChannel ends a channel: its keys go, and its subscribers hear the
