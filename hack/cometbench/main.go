@@ -31,7 +31,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -42,6 +41,7 @@ import (
 	"time"
 
 	"github.com/cometop/comet-operator/cometserver/admin"
+	"github.com/cometop/comet-operator/test/freeport"
 )
 
 // profileFile and profileRate ask for a CPU profile of the comet server.
@@ -256,13 +256,15 @@ func channelNames(n int) []string {
 	return ids
 }
 
+// freeAddr returns a loopback address for a server to listen on (see
+// package freeport: a port the kernel picks for ":0" was taken before the
+// server bound it, in CI).
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		panic(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // buildCometServer builds this checkout's comet server into out, in the

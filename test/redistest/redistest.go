@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cometop/comet-operator/test/freeport"
 )
 
 // Server is one redis-server process.
@@ -381,32 +383,23 @@ func do(conn net.Conn, args ...string) (string, error) {
 	return "", fmt.Errorf("a reply of a kind this helper does not read: %q", line)
 }
 
+// freeAddr is a port for a redis-server (see package freeport).
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // freeClusterAddr is a free port whose cluster bus port (10,000 above it)
 // is free too.
 func freeClusterAddr(t testing.TB) string {
 	t.Helper()
-	for range 100 {
-		addr := freeAddr(t)
-		_, p, _ := net.SplitHostPort(addr)
-		port, _ := strconv.Atoi(p)
-		if port+10000 > 65535 {
-			continue
-		}
-		if ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000))); err == nil {
-			ln.Close()
-			return addr
-		}
+	addr, err := freeport.Addr(10000)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port pair for a cluster node")
-	return ""
+	return addr
 }
