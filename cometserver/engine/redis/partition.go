@@ -406,43 +406,55 @@ func (p *partition) catchUpOne(id string) (caughtUp, error) {
 
 	var top engine.Position
 	var pubs []engine.Publication
-	var boot string
+	var foundUnder string // the mark it was found (or made again) under, once it was
 	got := found
 	err := p.e.do(context.Background(), "catch up", func(ctx context.Context, c rueidis.Client) error {
+		var mark string
 		var err error
-		top, pubs, boot, err = p.e.markedHistory(ctx, c, id, from)
-		if errors.Is(err, engine.ErrNotFound) {
+		top, pubs, mark, err = p.e.markedHistory(ctx, c, id, from)
+		switch {
+		case errors.Is(err, engine.ErrNotFound):
 			// Closed while we were away, or Redis lost its data: the boot
 			// mark tells which. Lost: make the channel again (new epoch).
-			if boot == seenIn {
+			if mark == seenIn {
 				got = closedMeanwhile
 				return nil
 			}
 			if err := p.e.remake(ctx, c, id); err != nil {
 				return err
 			}
-			got = madeAgain
-			top, pubs, boot, err = p.e.markedHistory(ctx, c, id, 1)
-			return err
-		}
-		if err == nil && top.Epoch == epoch && top.Offset < from-1 {
-			// Redis lost writes this server saw (a restart from an older
-			// snapshot, a failover to a lagging replica): their offsets
-			// would name other messages. A new epoch tells resuming
-			// clients of the gap.
-			meta, stream, _ := p.e.keys(id)
-			err = newEpochScript.Exec(ctx, c, []string{meta, stream}, []string{epoch, engine.RandomString(6)}).Error()
-			if err != nil && !rueidis.IsRedisNil(err) {
-				return err
-			}
+			got, foundUnder = madeAgain, mark
 			top, pubs, err = p.e.history(ctx, c, id, 1)
+		case err == nil:
+			foundUnder = mark
+			if top.Epoch == epoch && top.Offset < from-1 {
+				// Redis lost writes this server saw (a restart from an
+				// older snapshot, a failover to a lagging replica): their
+				// offsets would name other messages. A new epoch tells
+				// resuming clients of the gap.
+				meta, stream, _ := p.e.keys(id)
+				err = newEpochScript.Exec(ctx, c, []string{meta, stream}, []string{epoch, engine.RandomString(6)}).Error()
+				if err != nil && !rueidis.IsRedisNil(err) {
+					return err
+				}
+				top, pubs, err = p.e.history(ctx, c, id, 1)
+			}
+			if err == nil && top.Epoch != epoch {
+				top, pubs, err = p.e.history(ctx, c, id, 1) // made again: all of the new epoch
+			}
 		}
-		if err == nil && top.Epoch != epoch {
-			top, pubs, err = p.e.history(ctx, c, id, 1) // made again: all of the new epoch
+		if errors.Is(err, engine.ErrNotFound) && foundUnder != "" {
+			got = closedMeanwhile // there a moment ago, under this mark
+			return nil
 		}
 		return err
 	})
 	if err != nil {
+		p.mu.Lock()
+		if foundUnder != "" && p.subs[id] == s {
+			s.boot = foundUnder // a retry judges it missing against this mark
+		}
+		p.mu.Unlock()
 		return found, err
 	}
 	p.mu.Lock()
@@ -455,7 +467,7 @@ func (p *partition) catchUpOne(id string) (caughtUp, error) {
 		p.e.handler.HandleEnd(id, s.told)
 		return got, nil
 	}
-	s.boot = boot // found (or made again) under it
+	s.boot = foundUnder
 	if top.Epoch != s.epoch {
 		s.epoch, s.last = top.Epoch, 0
 	}
