@@ -24,12 +24,11 @@ func TestAddr(t *testing.T) {
 			t.Fatal(err)
 		}
 		port, _ := strconv.Atoi(p)
-		for _, q := range append([]int{port}, func() (o []int) {
-			for _, off := range offsets {
-				o = append(o, port+off)
-			}
-			return o
-		}()...) {
+		ports := []int{port}
+		for _, off := range offsets {
+			ports = append(ports, port+off)
+		}
+		for _, q := range ports {
 			if q < first || q >= EphemeralLow() || seen[q] {
 				t.Fatalf("port %d of %s: outside [%d, %d) or handed out twice (%v)", q, addr, first, EphemeralLow(), seen[q])
 			}

@@ -67,8 +67,8 @@ type Options struct {
 	// (default 1s); a probe not back within ProbeTimeout (default 3s)
 	// counts the connection dead.
 	ProbeInterval, ProbeTimeout time.Duration
-	// Logger gets the engine's failures (a line a second at most) and the
-	// channels it found missing after a reconnect; nil: none.
+	// Logger gets the engine's failures (a line a second at most) and how
+	// many watched channels a catch-up found missing; nil: none.
 	Logger *slog.Logger
 }
 
